@@ -1,0 +1,126 @@
+"""Convolutional trunks by name, with frozen batch normalisation (the paper's model change).
+
+A trunk is everything before global pooling: an ``nn.Sequential`` of local operations
+(convolutions, batch norm, ReLU, pooling, residual blocks), so the streaming engine can tile it.
+Batch normalisation is frozen because statistics over one tile are not statistics over the
+image: each ``nn.BatchNorm2d`` becomes a :class:`FrozenBatchNorm2d`, a fixed per-channel affine map
+whose running statistics never change while ``weight`` and ``bias`` stay trainable.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lnassist.errors import LnassistError
+
+BACKBONES = ("resnet50", "resnet18", "tiny")
+
+
+class BackboneError(LnassistError):
+    """Unknown backbone name or unusable pretrained weights file."""
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm in evaluation mode for good: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``running_mean``/``running_var`` are buffers that no mode ever updates; ``weight`` and ``bias``
+    are trainable parameters (the paper trains BN's affine transform, gamma and beta, only).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+        frozen = cls(bn.num_features, bn.eps)
+        with torch.no_grad():
+            if bn.affine:
+                frozen.weight.copy_(bn.weight)
+                frozen.bias.copy_(bn.bias)
+            if bn.track_running_stats:
+                frozen.running_mean.copy_(bn.running_mean)
+                frozen.running_var.copy_(bn.running_var)
+        reference = bn.weight if bn.affine else bn.running_mean
+        return frozen if reference is None else frozen.to(reference.device, reference.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` inside ``module`` (in place) by a :class:`FrozenBatchNorm2d`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d.from_batchnorm(child))
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def _resnet_trunk(name: str, pretrained_path: str | Path | None) -> nn.Sequential:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if pretrained_path is not None:
+        path = Path(pretrained_path)
+        if not path.is_file():
+            raise BackboneError(f"pretrained weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unreadable file is the user's to fix
+            raise BackboneError(f"cannot read pretrained weights {path}: {exc}") from exc
+        if not isinstance(state, dict):
+            raise BackboneError(f"{path} does not hold a state dict")
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise BackboneError(f"{path} is not a torchvision {name} state dict: {exc}") from exc
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return freeze_batchnorm(nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names)))
+
+
+def _tiny_trunk() -> nn.Sequential:
+    """A small stride-16 CNN (about 450 multiply-adds per input pixel) for CPU tests and demos."""
+
+    def block(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
+        conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+        return [conv, FrozenBatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+    layers = [
+        *block(3, 16, 5, 4),
+        *block(16, 32, 3, 2),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        *block(32, 64, 3, 1),
+    ]
+    return nn.Sequential(*layers)
+
+
+def build_trunk(name: str, pretrained_path: str | Path | None = None) -> tuple[nn.Sequential, int]:
+    """The trunk of backbone ``name`` and its number of output channels.
+
+    ``pretrained_path`` is a local torchvision ImageNet state dict (ResNets only); nothing is
+    downloaded.
+    """
+    if name in ("resnet50", "resnet18"):
+        trunk = _resnet_trunk(name, pretrained_path)
+        return trunk, 2048 if name == "resnet50" else 512
+    if name == "tiny":
+        if pretrained_path is not None:
+            raise BackboneError("the 'tiny' backbone has no pretrained weights")
+        return _tiny_trunk(), 64
+    raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -1,0 +1,217 @@
+"""Tile sources: where the streaming engine gets the pixels of an input window.
+
+A source describes one image (an LN at classifier resolution, a synthetic canvas, an
+array in memory) as a canvas of ``height`` x ``width`` pixels and hands out windows of
+it on demand, so the engine never needs the whole image in host memory. Coordinates are
+always canvas pixels at the source's own resolution (``y0, x0`` = top-left corner).
+Pixels outside the canvas are white.
+
+``SlideRegionSource`` is one LN of a slide: the bounding box of its polygon at the classifier
+resolution, white outside the polygon, read from the slide in fixed chunks so that every canvas
+pixel has one value whichever window it is read through.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from lnassist.errors import LnassistError
+from lnassist.slide import CLASSIFIER_MPP, polygon_mask
+
+WHITE = 255
+
+
+class SourceError(LnassistError):
+    """A tile source that cannot be built or read as asked (bad polygon, bad slide answer)."""
+
+
+class TileSource(Protocol):
+    """What the streaming engine reads from. ``read`` returns ``None`` for an all-white window."""
+
+    height: int
+    width: int
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
+        """Return the window as uint8 RGB ``(h, w, 3)``, or ``None`` when every pixel is white."""
+        ...
+
+
+def is_white(window: np.ndarray) -> bool:
+    """True when every channel of every pixel is 255 (the paper's criterion: min == 255)."""
+    return bool(window.min() == WHITE)
+
+
+def pad_window(canvas: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Crop ``canvas`` (H, W, C) to the window, filling the part outside the canvas with white."""
+    out = np.full((h, w, canvas.shape[2]), WHITE, dtype=canvas.dtype)
+    cy0, cx0 = max(y0, 0), max(x0, 0)
+    cy1, cx1 = min(y0 + h, canvas.shape[0]), min(x0 + w, canvas.shape[1])
+    if cy1 > cy0 and cx1 > cx0:
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = canvas[cy0:cy1, cx0:cx1]
+    return out
+
+
+@dataclass
+class ArraySource:
+    """A canvas held in memory (tests, small images). ``image`` is uint8 RGB (H, W, 3)."""
+
+    image: np.ndarray
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
+        window = pad_window(self.image, y0, x0, h, w)
+        return None if is_white(window) else window
+
+
+class SlideLike(Protocol):
+    """What ``SlideRegionSource`` needs of ``lnassist.slide.Slide``."""
+
+    base_mpp: float
+
+    def read_region(
+        self, left_base_px: int, top_base_px: int, width_base_px: int, height_base_px: int, mpp: float
+    ) -> np.ndarray: ...
+
+
+class _LruCache:
+    """A thread-safe least-recently-used map holding at most ``capacity`` entries."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, compute: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+class SlideRegionSource:
+    """One LN of a slide: the bounding box of ``polygon_base_px`` as a canvas at about ``mpp``.
+
+    Pixels outside the polygon are white. The canvas is read from the slide in square chunks of
+    ``chunk_base_px`` base pixels, each resampled by the slide to ``chunk_px`` canvas pixels. A
+    pixel's value therefore depends only on its chunk, never on the window that reads it: windows
+    overlapping each other (streaming tiles, their recomputation, augmentation windows) agree
+    exactly. Chunks whose part of a window lies outside the polygon are never read from the slide,
+    and a window entirely outside the polygon returns ``None`` without any slide read.
+
+    Canvas to base mapping: canvas pixel (x, y) covers the base-level square starting at
+    ``origin_base_px + (x, y) * base_px_per_px``. ``base_px_per_px`` is chunk_base_px / chunk_px,
+    the requested ``mpp / base_mpp`` rounded so that a chunk is a whole number of pixels on both
+    levels (relative error below 0.5 / chunk_px); ``canvas_mpp`` is the resulting resolution.
+    """
+
+    def __init__(
+        self,
+        slide: SlideLike,
+        polygon_base_px: np.ndarray,
+        mpp: float = CLASSIFIER_MPP,
+        chunk_px: int = 512,
+        cache_chunks: int = 128,
+    ) -> None:
+        polygon = np.asarray(polygon_base_px, dtype=np.float64)
+        if polygon.ndim != 2 or polygon.shape[1] != 2 or len(polygon) < 3 or not np.isfinite(polygon).all():
+            raise SourceError(
+                f"a polygon is an (N >= 3, 2) array of finite base-px x, y; got {polygon.shape}"
+            )
+        if not (math.isfinite(mpp) and mpp > 0):
+            raise SourceError(f"mpp must be a positive number of um/px, got {mpp!r}")
+        if chunk_px < 1 or cache_chunks < 1:
+            raise SourceError(f"chunk_px and cache_chunks must be >= 1, got {chunk_px}, {cache_chunks}")
+        self.slide = slide
+        self.polygon_base_px = polygon
+        self.mpp = float(mpp)
+        base_mpp = float(slide.base_mpp)
+        self.chunk_base_px = max(1, round(chunk_px * self.mpp / base_mpp))
+        # The slide's own rule for the output size of a read (lnassist.slide.Slide.read_region).
+        self.chunk_px = max(1, round(self.chunk_base_px * base_mpp / self.mpp))
+        self.base_px_per_px = self.chunk_base_px / self.chunk_px
+        self.canvas_mpp = base_mpp * self.base_px_per_px
+        left, top = math.floor(polygon[:, 0].min()), math.floor(polygon[:, 1].min())
+        right, bottom = math.ceil(polygon[:, 0].max()), math.ceil(polygon[:, 1].max())
+        self.origin_base_px = (left, top)
+        self.width = max(1, math.ceil((right - left) / self.base_px_per_px))
+        self.height = max(1, math.ceil((bottom - top) / self.base_px_per_px))
+        self._masks = _LruCache(cache_chunks)
+        self._pixels = _LruCache(cache_chunks)
+
+    def _chunk_origin_base_px(self, row: int, col: int) -> tuple[int, int]:
+        left, top = self.origin_base_px
+        return left + col * self.chunk_base_px, top + row * self.chunk_base_px
+
+    def _chunk_mask(self, row: int, col: int) -> np.ndarray:
+        """Inside-polygon mask of a chunk, limited to the canvas."""
+
+        def compute() -> np.ndarray:
+            left, top = self._chunk_origin_base_px(row, col)
+            size = self.chunk_px
+            mask = polygon_mask(
+                self.polygon_base_px, left, top, size, size, self.canvas_mpp, base_mpp=self.slide.base_mpp
+            )
+            # The outline may touch the pixel just past the bounding box; the canvas ends before it.
+            mask[max(0, self.height - row * size) :, :] = False
+            mask[:, max(0, self.width - col * size) :] = False
+            return mask
+
+        return self._masks.get((row, col), compute)
+
+    def _chunk_pixels(self, row: int, col: int) -> np.ndarray:
+        """A chunk's pixels read from the slide, white outside the polygon."""
+
+        def compute() -> np.ndarray:
+            left, top = self._chunk_origin_base_px(row, col)
+            size = self.chunk_px
+            image = self.slide.read_region(left, top, self.chunk_base_px, self.chunk_base_px, self.mpp)
+            if image.shape != (size, size, 3) or image.dtype != np.uint8:
+                raise SourceError(
+                    f"the slide returned {image.dtype} {image.shape} for a {self.chunk_base_px} base-px "
+                    f"square at {self.mpp} um/px; expected uint8 ({size}, {size}, 3)"
+                )
+            image = image.copy()
+            image[~self._chunk_mask(row, col)] = WHITE
+            return image
+
+        return self._pixels.get((row, col), compute)
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
+        if h < 1 or w < 1:
+            raise SourceError(f"window size must be positive, got {h} x {w}")
+        cy0, cx0 = max(y0, 0), max(x0, 0)
+        cy1, cx1 = min(y0 + h, self.height), min(x0 + w, self.width)
+        out: np.ndarray | None = None
+        size = self.chunk_px
+        for row in range(cy0 // size, (cy1 - 1) // size + 1 if cy1 > cy0 else 0):
+            ry0, ry1 = max(cy0, row * size), min(cy1, (row + 1) * size)
+            for col in range(cx0 // size, (cx1 - 1) // size + 1 if cx1 > cx0 else 0):
+                rx0, rx1 = max(cx0, col * size), min(cx1, (col + 1) * size)
+                part = (slice(ry0 - row * size, ry1 - row * size), slice(rx0 - col * size, rx1 - col * size))
+                if not self._chunk_mask(row, col)[part].any():
+                    continue
+                if out is None:
+                    out = np.full((h, w, 3), WHITE, dtype=np.uint8)
+                out[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = self._chunk_pixels(row, col)[part]
+        if out is None or is_white(out):
+            return None
+        return out

@@ -1,0 +1,118 @@
+"""Command-line subcommands ``synth`` (one slide) and ``synth-dataset`` (train/val/test + manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+from lnassist.categories import CATEGORIES
+from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config
+from lnassist.synth.generate import gt_path_for, write_slide
+from lnassist.synth.layout import MPP_20X, TUMOUR_TYPES, LayoutConfig
+from lnassist.synth.stain import SITES
+
+
+def _categories(text: str) -> tuple[str, ...]:
+    cats = tuple(c.strip() for c in text.split(",") if c.strip())
+    bad = [c for c in cats if c not in CATEGORIES]
+    if bad or not cats:
+        raise argparse.ArgumentTypeError(f"categories must be comma-separated from {CATEGORIES}")
+    return cats
+
+
+def _sites(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    cfg = LayoutConfig(
+        args.width_px,
+        args.height_px,
+        seed=args.seed,
+        site=args.site,
+        mpp=args.mpp,
+        categories=args.categories,
+        n_nodes=args.n_nodes,
+        tumour_type=args.tumour_type,
+    )
+    t0 = time.perf_counter()
+    gt = write_slide(args.out, cfg, tile_px=args.tile_px, quality=args.quality, workers=args.workers)
+    cats = ", ".join(n["category"] for n in gt["nodes"])
+    print(
+        f"wrote {args.out} ({args.width_px} x {args.height_px} px, {len(gt['nodes'])} LNs: {cats}) and "
+        f"{gt_path_for(args.out)} in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def run_synth_dataset(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config) if args.config else DatasetConfig()
+    over = {
+        k: v
+        for k, v in (("seed", args.seed), ("width_px", args.width_px), ("height_px", args.height_px))
+        if v is not None
+    }
+    cfg = replace(cfg, **over)
+    for split in ("train", "val", "test"):
+        n = getattr(args, f"n_{split}")
+        sites = getattr(args, f"{split}_sites")
+        sc: SplitConfig = getattr(cfg, split)
+        cfg = replace(
+            cfg,
+            **{
+                split: replace(
+                    sc, n_slides=sc.n_slides if n is None else n, sites=sc.sites if sites is None else sites
+                )
+            },
+        )
+    manifest = build_dataset(args.out_dir, cfg, workers=args.workers)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "synth", help="write one synthetic LN slide (pyramidal TIFF + ground truth JSON)"
+    )
+    p.add_argument("out", help="output .tiff path; ground truth goes to <stem>.gt.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width-px", type=_positive_int, default=16000, help="base-level width (0.46 um/px)")
+    p.add_argument("--height-px", type=_positive_int, default=16000)
+    p.add_argument("--site", default="A", choices=sorted(SITES), help="stain site")
+    p.add_argument("--mpp", type=float, default=MPP_20X, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--categories",
+        type=_categories,
+        default=None,
+        help=f"comma-separated node categories (default: random mix); from {', '.join(CATEGORIES)}",
+    )
+    p.add_argument("--n-nodes", type=_positive_int, default=None)
+    p.add_argument("--tumour-type", choices=TUMOUR_TYPES, default=None)
+    p.add_argument("--tile-px", type=_positive_int, default=512)
+    p.add_argument("--quality", type=int, default=85)
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.set_defaults(func=run_synth)
+
+    d = subparsers.add_parser(
+        "synth-dataset", help="write train/val/test synthetic slides and manifest.jsonl"
+    )
+    d.add_argument("out_dir")
+    d.add_argument("--config", help="YAML with DatasetConfig fields (splits: n_slides, sites, mix)")
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--width-px", type=_positive_int, default=None)
+    d.add_argument("--height-px", type=_positive_int, default=None)
+    for split in ("train", "val", "test"):
+        d.add_argument(f"--n-{split}", type=int, default=None, help=f"number of {split} slides")
+        d.add_argument(
+            f"--{split}-sites", type=_sites, default=None, help=f"comma-separated sites for {split}"
+        )
+    d.add_argument("--workers", type=_positive_int, default=2)
+    d.set_defaults(func=run_synth_dataset)

@@ -1,0 +1,161 @@
+"""Train/val/test sets of synthetic slides with a per-LN manifest (``manifest.jsonl``) for training code.
+
+Each split has its own slide count, stain sites and category mix (the default test mix is rich in
+micrometastases and ITCs so they can be measured separately, as in the paper). Manifest rows: split,
+slide and ground-truth paths (relative to the data set folder), LN id, contour and bbox (base px),
+label, category, largest deposit extent, site, mpp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from lnassist.categories import CATEGORIES, ITC, MACRO, MICRO, NEGATIVE, NEGATIVE_MIMIC
+from lnassist.synth import SynthError
+from lnassist.synth.generate import gt_path_for, write_slide
+from lnassist.synth.layout import DEFAULT_MIX, LayoutConfig
+from lnassist.synth.stain import get_site
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+TEST_MIX = {NEGATIVE: 0.3, NEGATIVE_MIMIC: 0.15, ITC: 0.25, MICRO: 0.2, MACRO: 0.1}
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    n_slides: int
+    sites: tuple[str, ...] = ("A", "B")
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    seed: int = 0
+    width_px: int = 12000
+    height_px: int = 12000
+    tile_px: int = 512
+    quality: int = 85
+    train: SplitConfig = SplitConfig(24)
+    val: SplitConfig = SplitConfig(6)
+    test: SplitConfig = SplitConfig(12, ("A", "B", "C"), dict(TEST_MIX))
+
+    def splits(self) -> dict[str, SplitConfig]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def validate(self) -> None:
+        if self.seed < 0:
+            raise SynthError(f"seed must be >= 0, got {self.seed}")
+        for name, s in self.splits().items():
+            if s.n_slides < 0:
+                raise SynthError(f"{name}: number of slides must be >= 0, got {s.n_slides}")
+            if not s.sites:
+                raise SynthError(f"{name}: needs at least one stain site")
+            for site in s.sites:
+                get_site(site)
+            bad = set(s.mix) - set(CATEGORIES)
+            if bad or any(v < 0 for v in s.mix.values()) or sum(s.mix.values()) <= 0:
+                raise SynthError(f"{name}: bad category mix {s.mix}; weights >= 0 over {CATEGORIES}")
+        if sum(s.n_slides for s in self.splits().values()) == 0:
+            raise SynthError("the data set would have no slides")
+
+
+def load_config(path: str | Path, **overrides) -> DatasetConfig:
+    """DatasetConfig from YAML (top-level keys as the dataclass; splits as mappings), then overrides."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SynthError(f"cannot read data set config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SynthError(f"data set config {path} must be a mapping")
+    base = DatasetConfig()
+    known = set(asdict(base))
+    unknown = set(raw) - known
+    if unknown:
+        raise SynthError(f"unknown keys in {path}: {sorted(unknown)}; known: {sorted(known)}")
+    kw = {}
+    for key, value in raw.items():
+        if key in ("train", "val", "test"):
+            current = getattr(base, key)
+            if not isinstance(value, dict) or set(value) - {"n_slides", "sites", "mix"}:
+                raise SynthError(f"{path}: {key} must map n_slides / sites / mix")
+            kw[key] = SplitConfig(
+                int(value.get("n_slides", current.n_slides)),
+                tuple(value.get("sites", current.sites)),
+                dict(value.get("mix", current.mix)),
+            )
+        else:
+            kw[key] = value
+    return replace(base, **kw, **overrides)
+
+
+def slide_seed(dataset_seed: int, split_index: int, slide_index: int) -> int:
+    return int(np.random.SeedSequence([dataset_seed, split_index, slide_index]).generate_state(1)[0])
+
+
+def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2) -> Path:
+    """Write all slides, their ground truth and the manifest; returns the manifest path."""
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split_index, (split, sc) in enumerate(cfg.splits().items()):
+        rng = np.random.default_rng([cfg.seed, split_index, 99])
+        for i in range(sc.n_slides):
+            site = sc.sites[i % len(sc.sites)]
+            seed = slide_seed(cfg.seed, split_index, i)
+            rel = Path(split) / f"{split}_{i:04d}.tiff"
+            lcfg = LayoutConfig(
+                cfg.width_px,
+                cfg.height_px,
+                seed=seed,
+                site=site,
+                mix=tuple(sc.mix.items()),
+                tumour_type=str(rng.choice(["intestinal", "diffuse", "mixed"], p=[0.45, 0.35, 0.2])),
+            )
+            t0 = time.perf_counter()
+            gt = write_slide(out / rel, lcfg, tile_px=cfg.tile_px, quality=cfg.quality, workers=workers)
+            log.info("%s: %d LNs, %.1f s", rel, len(gt["nodes"]), time.perf_counter() - t0)
+            for node in gt["nodes"]:
+                rows.append(
+                    {
+                        "split": split,
+                        "slide": str(rel),
+                        "ground_truth": str(gt_path_for(rel)),
+                        "slide_id": f"{split}_{i:04d}",
+                        "ln_id": node["id"],
+                        "label": node["label"],
+                        "category": node["category"],
+                        "largest_extent_um": node["largest_extent_um"],
+                        "contour": node["contour"],
+                        "bbox": node["bbox"],
+                        "site": site,
+                        "mpp": gt["mpp"],
+                        "slide_label": gt["slide_label"],
+                        "seed": seed,
+                    }
+                )
+    manifest = out / MANIFEST_NAME
+    manifest.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+    summary = {"config": asdict(cfg), "n_rows": len(rows), "counts": {}}
+    for r in rows:
+        key = f"{r['split']}/{r['category']}"
+        summary["counts"][key] = summary["counts"].get(key, 0) + 1
+    (out / "dataset.json").write_text(json.dumps(summary, indent=1))
+    return manifest
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """The manifest's rows (one dict per LN)."""
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SynthError(f"cannot read manifest {path}: {exc}") from exc

@@ -1,0 +1,279 @@
+"""H&E rendering of any window of a slide layout: ``render_region(layout, x0, y0, w, h) -> uint8 RGB``.
+
+Model: per-pixel haematoxylin and eosin concentrations are built from the region map (polygons
+rasterised for the window plus a margin), smooth/fine textures, fat-cell membranes, background nuclei
+from coordinate-hashed grids and the layout's explicit cells; the site's Beer-Lambert stain model turns
+them into RGB, glass is pure white. Every ingredient depends only on global coordinates, so any window
+equals the matching crop of any larger window (no seams), and no full-size array is ever needed.
+Only numpy / OpenCV are used; all state is local, so windows can be rendered from many threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from lnassist.synth import SynthError, noise, sprites
+from lnassist.synth import layout as L
+from lnassist.synth.stain import concentrations_to_rgb
+
+LYMPH_GRID_PX = 11  # ~5 um: lymphocyte nuclei (~6 um) touch and overlap in the cortex
+SPINDLE_GRID_PX = 36
+FAT_CELL_PX = 190  # adipocytes ~ 90 um
+FIBRE_ANGLE = 0.6  # mean collagen-fibre direction (radians); warped locally
+
+# Per region: background H, background E, lymphoid nucleus probability per grid cell, nucleus bank,
+# fibroblast probability per spindle-grid cell, collagen-fibre texture strength.
+_REGIONS = {
+    L.GLASS: (0.0, 0.0, 0.0, sprites.LYMPH, 0.0, 0.0),
+    L.FAT: (0.0, 0.0, 0.0, sprites.LYMPH, 0.0, 0.0),
+    L.STROMA: (0.05, 0.42, 0.005, sprites.LYMPH, 0.35, 0.45),
+    L.CAPSULE: (0.06, 0.45, 0.02, sprites.LYMPH, 0.6, 0.4),
+    L.SINUS: (0.07, 0.1, 0.14, sprites.LYMPH, 0.0, 0.0),
+    L.CORTEX: (0.2, 0.1, 0.9, sprites.LYMPH, 0.0, 0.0),
+    L.MANTLE: (0.24, 0.08, 0.97, sprites.LYMPH, 0.0, 0.0),
+    L.GERMINAL: (0.14, 0.16, 0.6, sprites.GC_CELL, 0.0, 0.0),
+    L.MEDULLA: (0.14, 0.16, 0.6, sprites.LYMPH, 0.08, 0.2),
+    L.TUMOUR: (0.08, 0.3, 0.04, sprites.LYMPH, 0.15, 0.3),
+    L.TUMOUR_DIFFUSE: (0.14, 0.12, 0.55, sprites.LYMPH, 0.0, 0.0),
+    L.HISTIO: (0.06, 0.14, 0.06, sprites.LYMPH, 0.0, 0.0),
+    L.CAUTERY: (0.38, 0.28, 0.85, sprites.CRUSHED, 0.0, 0.0),
+    L.VESSEL: (0.03, 0.95, 0.0, sprites.LYMPH, 0.0, 0.0),
+    L.GLAND_LUMEN: (0.02, 0.06, 0.01, sprites.LYMPH, 0.0, 0.0),
+    L.FLOATER: (0.05, 0.3, 0.01, sprites.LYMPH, 0.25, 0.4),
+    L.HEV_LUMEN: (0.03, 0.12, 0.15, sprites.LYMPH, 0.0, 0.0),
+}
+_LUT = np.array([_REGIONS[r] for r in range(L.N_REGIONS)], dtype=np.float32)
+LUT_H, LUT_E, LUT_LYMPH_P, LUT_SPINDLE_P, LUT_FIBRE = (
+    np.ascontiguousarray(_LUT[:, i]) for i in (0, 1, 2, 4, 5)
+)
+LUT_LYMPH_BANK = _LUT[:, 3].astype(np.int64)
+
+_TEXTURES: dict[str, np.ndarray] = {}
+_TEX_LOCK = threading.Lock()
+
+
+def _texture(name: str) -> np.ndarray:
+    if name not in _TEXTURES:
+        with _TEX_LOCK:
+            if name not in _TEXTURES:
+                if name == "grain":
+                    _TEXTURES[name] = noise.periodic_texture(101, 1024, 1.2)
+                else:  # collagen fibres: long along x, thin along y
+                    _TEXTURES[name] = _fibre_texture(102, 1024)
+    return _TEXTURES[name]
+
+
+def _fibre_texture(seed: int, period: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((period, period))
+    fy = np.fft.fftfreq(period)[:, None]
+    fx = np.fft.fftfreq(period)[None, :]
+    kernel = np.exp(-2 * np.pi**2 * ((fx * 30.0) ** 2 + (fy * 1.6) ** 2))
+    tex = np.real(np.fft.ifft2(np.fft.fft2(white) * kernel))
+    tex = np.tanh(1.5 * (tex - tex.mean()) / tex.std())
+    return np.tile(tex.astype(np.float32), (2, 2))
+
+
+def _check_window(x0: int, y0: int, w: int, h: int) -> None:
+    for name, v in (("x0", x0), ("y0", y0), ("w", w), ("h", h)):
+        if not isinstance(v, int | np.integer):
+            raise SynthError(f"{name} must be an integer, got {v!r}")
+    if w <= 0 or h <= 0:
+        raise SynthError(f"window size must be positive, got w={w}, h={h}")
+
+
+def fill_polygon(out: np.ndarray, polygon: np.ndarray, x0: int, y0: int, value: int) -> None:
+    """Set pixels of ``out`` (window at global x0, y0) whose centres are inside ``polygon`` (even-odd).
+
+    Scanline crossings are computed from global coordinates only, so every window rasterises a
+    polygon identically where windows overlap (cv2.fillPoly is not exactly translation-invariant).
+    """
+    h, w = out.shape
+    lo, hi = polygon.min(axis=0), polygon.max(axis=0)
+    c0, c1 = max(int(np.floor(lo[0])) - x0, 0), min(int(np.ceil(hi[0])) + 1 - x0, w)
+    r0, r1 = max(int(np.floor(lo[1])) - y0, 0), min(int(np.ceil(hi[1])) + 1 - y0, h)
+    if c1 <= c0 or r1 <= r0:
+        return
+    ys = (y0 + 0.5) + np.arange(r0, r1, dtype=np.float64)
+    xa, ya = polygon[:, 0], polygon[:, 1]
+    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+    span = (np.maximum(ya, yb) > ys[0]) & (np.minimum(ya, yb) <= ys[-1]) & (ya != yb)
+    xa, ya, xb, yb = xa[span], ya[span], xb[span], yb[span]
+    if len(xa) == 0:
+        return
+    above_a = ya[None, :] <= ys[:, None]
+    cross = above_a != (yb[None, :] <= ys[:, None])
+    rows, edges = np.nonzero(cross)
+    xint = xa[edges] + (ys[rows] - ya[edges]) * (xb[edges] - xa[edges]) / (yb[edges] - ya[edges])
+    col = np.clip(np.floor(xint - 0.5).astype(np.int64) + 1 - x0 - c0, 0, c1 - c0)
+    toggles = np.zeros((r1 - r0, c1 - c0 + 1), dtype=np.uint8)
+    np.add.at(toggles, (rows, col), 1)
+    inside = (np.cumsum(toggles[:, : c1 - c0], axis=1, dtype=np.uint8) & 1).astype(bool)
+    out[r0:r1, c0:c1][inside] = value
+
+
+def _region_map(layout: L.SlideLayout, x0: int, y0: int, w: int, h: int) -> np.ndarray | None:
+    """Region labels of the window (uint8) or None when no tissue reaches it."""
+    ops = layout.paint_ops_in(x0, y0, x0 + w, y0 + h)
+    if not ops:
+        return None
+    label = np.zeros((h, w), dtype=np.uint8)
+    for op in ops:
+        fill_polygon(label, op.polygon, x0, y0, op.region)
+    return label
+
+
+def _fat_membranes(seed: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    edge = noise.lattice_upsample(
+        x0, y0, w, h, 2, lambda gx, gy: noise.worley_edge_distance(seed, 7, gx, gy, 2, FAT_CELL_PX, 0.9)
+    )
+    return np.clip(np.float32(1.6) - edge * np.float32(0.5), 0.0, 1.0)
+
+
+def _fibres(seed: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """Wavy collagen texture in [-1, 1]: a fibre texture sampled through a smooth domain warp."""
+    tex = _texture("fibre")
+    period = tex.shape[0] // 2
+    warp_v = noise.value_noise(seed, 11, x0, y0, w, h, 256) * np.float32(60.0)
+    warp_a = noise.value_noise(seed, 12, x0, y0, w, h, 512) * np.float32(0.5)
+    xs = np.arange(x0, x0 + w, dtype=np.float32)[None, :]
+    ys = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
+    ang = np.float32(FIBRE_ANGLE) + warp_a
+    ca, sa = np.cos(ang), np.sin(ang)
+    u = xs * ca + ys * sa
+    v = ys * ca - xs * sa + warp_v
+    iu = np.floor(u).astype(np.int64) % period
+    iv = np.floor(v).astype(np.int64) % period
+    return tex[iv, iu]
+
+
+def _stamp_max(
+    target: np.ndarray, bank: sprites.Bank, cx: np.ndarray, cy: np.ndarray, variant: np.ndarray
+) -> None:
+    """target = max(target, sprite) for every sprite (order-independent, vectorised), clipped."""
+    if len(cx) == 0:
+        return
+    h, w = target.shape
+    k = bank.size
+    off = np.arange(k) - k // 2
+    ys = cy[:, None, None] + off[None, :, None]
+    xs = cx[:, None, None] + off[None, None, :]
+    vals = bank.h[variant]
+    ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w) & (vals > 0.01)
+    np.maximum.at(target.reshape(-1), (ys * w + xs)[ok], vals[ok])
+
+
+def _hashed_nuclei(
+    layout: L.SlideLayout,
+    label_pad: np.ndarray,
+    pad: int,
+    x0: int,
+    y0: int,
+    w: int,
+    h: int,
+    grid: int,
+    stream: int,
+    lut_p: np.ndarray,
+    H: np.ndarray,
+) -> None:
+    """Background nuclei from a per-grid-cell hash (never stored): one candidate per grid cell."""
+    banks = sprites.banks()
+    reach = (
+        max(banks[b].size for b in (sprites.LYMPH, sprites.GC_CELL, sprites.CRUSHED, sprites.SPINDLE)) // 2
+    )
+    gx = np.arange((x0 - reach) // grid, (x0 + w + reach) // grid + 1, dtype=np.int64)
+    gy = np.arange((y0 - reach) // grid, (y0 + h + reach) // grid + 1, dtype=np.int64)
+    hv = noise.hash_u64(layout.seed, stream, gx[None, :], gy[:, None]).ravel()
+    gxx = np.broadcast_to(gx[None, :], (len(gy), len(gx))).ravel()
+    gyy = np.broadcast_to(gy[:, None], (len(gy), len(gx))).ravel()
+    m16 = np.uint64(0xFFFF)
+    cx = gxx * grid + ((hv & m16).astype(np.int64) * grid >> 16)
+    cy = gyy * grid + (((hv >> np.uint64(16)) & m16).astype(np.int64) * grid >> 16)
+    keep = (cx >= x0 - reach) & (cx < x0 + w + reach) & (cy >= y0 - reach) & (cy < y0 + h + reach)
+    cx, cy, hv = cx[keep], cy[keep], hv[keep]
+    region = label_pad[cy - (y0 - pad), cx - (x0 - pad)]
+    p_accept = ((hv >> np.uint64(32)) & m16).astype(np.float32) / np.float32(65536.0)
+    acc = p_accept < lut_p[region]
+    cx, cy, hv, region = cx[acc], cy[acc], hv[acc], region[acc]
+    pick = (hv >> np.uint64(48)).astype(np.int64)
+    if stream == 21:  # fibroblasts: oriented along the collagen
+        bank = banks[sprites.SPINDLE]
+        ang = FIBRE_ANGLE + (pick % 64 - 32) / 64.0
+        _stamp_max(H, bank, cx - x0, cy - y0, sprites.angle_variant(bank, ang, pick // 64))
+        return
+    bank_ids = LUT_LYMPH_BANK[region]
+    for bid in np.unique(bank_ids):
+        sel = bank_ids == bid
+        bank = banks[int(bid)]
+        _stamp_max(H, bank, cx[sel] - x0, cy[sel] - y0, pick[sel] % bank.n_variants)
+
+
+def _explicit_cells(
+    layout: L.SlideLayout, x0: int, y0: int, w: int, h: int, H: np.ndarray, E: np.ndarray
+) -> None:
+    """Alpha-composite the layout's cells (tumour, histiocytes, ...) in painter's order, clipped."""
+    banks = sprites.banks()
+    reach = sprites.max_radius()
+    idx = layout.cells.query(x0 - reach, y0 - reach, x0 + w + reach, y0 + h + reach)
+    table = layout.cells
+    for i in idx:
+        bank = banks[int(table.bank[i])]
+        v = int(table.variant[i]) % bank.n_variants
+        k = bank.size
+        cx = int(np.floor(table.xy[i, 0])) - x0 - k // 2
+        cy = int(np.floor(table.xy[i, 1])) - y0 - k // 2
+        sx0, sy0 = max(0, -cx), max(0, -cy)
+        sx1, sy1 = min(k, w - cx), min(k, h - cy)
+        if sx1 <= sx0 or sy1 <= sy0:
+            continue
+        tgt = (slice(cy + sy0, cy + sy1), slice(cx + sx0, cx + sx1))
+        a = bank.alpha[v, sy0:sy1, sx0:sx1]
+        keep = np.float32(1.0) - a
+        H[tgt] = H[tgt] * keep + bank.h[v, sy0:sy1, sx0:sx1]
+        E[tgt] = E[tgt] * keep + bank.e[v, sy0:sy1, sx0:sx1]
+
+
+def render_concentrations(
+    layout: L.SlideLayout, x0: int, y0: int, w: int, h: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(H, E, region) float32/uint8 maps of the window, or None if the window has no tissue."""
+    _check_window(x0, y0, w, h)
+    x0, y0, w, h = int(x0), int(y0), int(w), int(h)
+    pad = sprites.max_radius() + 1
+    label_pad = _region_map(layout, x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
+    if label_pad is None:
+        return None
+    region = label_pad[pad : pad + h, pad : pad + w]
+    H = LUT_H[region]
+    E = LUT_E[region]
+    present = np.bincount(region.ravel(), minlength=L.N_REGIONS) > 0
+    seed = layout.seed
+    if present[L.FAT]:
+        E += _fat_membranes(seed, x0, y0, w, h) * np.float32(0.4) * (region == L.FAT)
+    fibre_amp = LUT_FIBRE[region]
+    if (LUT_FIBRE[present] > 0).any():
+        E *= np.float32(1.0) + fibre_amp * _fibres(seed, x0, y0, w, h)
+    grain = noise.texture_window(_texture("grain"), x0, y0, w, h)
+    H *= np.float32(1.0) + np.float32(0.15) * grain
+    E *= np.float32(1.0) + np.float32(0.12) * noise.texture_window(
+        _texture("grain"), x0 + 517, y0 + 311, w, h
+    )
+    E *= np.float32(1.0) + np.float32(0.12) * noise.value_noise(seed, 3, x0, y0, w, h, 700)
+    _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, LYMPH_GRID_PX, 20, LUT_LYMPH_P, H)
+    _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, SPINDLE_GRID_PX, 21, LUT_SPINDLE_P, H)
+    _explicit_cells(layout, x0, y0, w, h, H, E)
+    H *= np.float32(1.0) + np.float32(0.08) * noise.value_noise(seed, 4, x0, y0, w, h, 900)
+    return H, E, region
+
+
+def render_region(layout: L.SlideLayout, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """uint8 RGB (h, w, 3) of the base-level window at (x0, y0); pixels outside tissue are 255."""
+    maps = render_concentrations(layout, x0, y0, w, h)
+    if maps is None:
+        return np.full((h, w, 3), 255, dtype=np.uint8)
+    H, E, region = maps
+    rgb = concentrations_to_rgb(H, E, layout.site.od_matrix())
+    rgb[region == L.GLASS] = 255
+    return rgb

@@ -1,0 +1,392 @@
+"""Cell sprites: small pre-rendered H/E concentration patches for each cell type at 0.46 um/px.
+
+Sizes follow the histology (lymphocyte nucleus ~6 um, tumour cells 10-20 um with vesicular nuclei and
+nucleoli, histiocytes ~20 um with pale foamy cytoplasm). Sprites are built once, deterministically, and
+are read-only afterwards, so rendering threads share them safely. Oriented banks hold ``N_ANGLES``
+rotations x ``per_angle`` shapes; ``variant = angle_bin * per_angle + shape``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+N_ANGLES = 16
+
+# Bank ids (stored in layouts). "max" banks are composited with max(H) (dense small nuclei),
+# "over" banks with alpha compositing in layout order (cells with cytoplasm).
+LYMPH, GC_CELL, CRUSHED, SPINDLE = 0, 1, 2, 3
+TUMOUR, COLUMNAR, DIFFUSE, HISTIOCYTE, ENDOTHELIAL, BENIGN = 4, 5, 6, 7, 8, 9
+
+
+@dataclass(frozen=True)
+class Bank:
+    """``h``, ``e``, ``alpha``: (V, K, K) float32; ``oriented`` banks are indexed by angle bin."""
+
+    h: np.ndarray
+    e: np.ndarray
+    alpha: np.ndarray
+    mode: str
+    per_angle: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.h.shape[1])
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.h.shape[0])
+
+
+def angle_variant(bank: Bank, angle_rad: np.ndarray, shape_index: np.ndarray) -> np.ndarray:
+    """Variant index of an oriented bank for a direction (radians) and a shape choice."""
+    angle_bin = np.round(np.asarray(angle_rad) / (2 * np.pi) * N_ANGLES).astype(np.int64) % N_ANGLES
+    return angle_bin * bank.per_angle + np.asarray(shape_index) % bank.per_angle
+
+
+def _coords(k: int) -> tuple[np.ndarray, np.ndarray]:
+    c = (k - 1) / 2.0
+    yy, xx = np.mgrid[0:k, 0:k].astype(np.float64)
+    return xx - c, yy - c
+
+
+def _shape_distance(xx, yy, cx, cy, rx, ry, angle, harm) -> np.ndarray:
+    """Approximate signed distance (px, negative inside) to a wobbly rotated ellipse."""
+    ca, sa = np.cos(angle), np.sin(angle)
+    u = (xx - cx) * ca + (yy - cy) * sa
+    v = -(xx - cx) * sa + (yy - cy) * ca
+    theta = np.arctan2(v, u)
+    wobble = 1.0 + sum(a * np.cos(n * theta + p) for n, a, p in harm)
+    q = np.sqrt((u / rx) ** 2 + (v / ry) ** 2) / wobble
+    return (q - 1.0) * min(rx, ry)
+
+
+def _harmonics(rng: np.random.Generator, amount: float) -> list[tuple[int, float, float]]:
+    return [(n, rng.uniform(0, amount) / n**0.5, rng.uniform(0, 2 * np.pi)) for n in (2, 3, 4, 5)]
+
+
+def _soft(d: np.ndarray, edge: float = 0.7) -> np.ndarray:
+    return np.clip(0.5 - d / (2 * edge), 0.0, 1.0)
+
+
+def _grain(rng: np.random.Generator, k: int, sigma: float) -> np.ndarray:
+    g = cv2.GaussianBlur(rng.standard_normal((k, k)), (0, 0), sigma)
+    return g / (g.std() + 1e-9)
+
+
+def _nucleus(rng, xx, yy, cx, cy, rx, ry, angle, harm, rim_h, inner_h, grain_sigma, nucleoli):
+    """(H, E, alpha) of a nucleus: dark chromatin rim, given interior, optional nucleoli."""
+    k = xx.shape[0]
+    d = _shape_distance(xx, yy, cx, cy, rx, ry, angle, harm)
+    a = _soft(d)
+    rim = np.clip(1.0 + d / 1.8, 0.0, 1.0)  # 1 at the membrane, fading inward over ~2 px
+    h = inner_h * (1.0 + 0.2 * _grain(rng, k, grain_sigma)).clip(0.65, 1.6)
+    h = np.maximum(h, rim * rim_h) * a
+    e = 0.04 * a
+    for _ in range(nucleoli):
+        r = rng.uniform(1.4, 2.6)
+        ox, oy = rng.uniform(-0.4, 0.4) * rx, rng.uniform(-0.4, 0.4) * ry
+        dn = np.hypot(xx - cx - ox, yy - cy - oy) - r
+        an = _soft(dn) * a
+        h = h * (1 - an) + 0.95 * an
+        e = e * (1 - an) + 0.5 * an
+    return h, e, a
+
+
+def _over(dst, src):
+    """Composite (h, e, a) ``src`` over ``dst``."""
+    h0, e0, a0 = dst
+    h1, e1, a1 = src
+    return h0 * (1 - a1) + h1 * a1, e0 * (1 - a1) + e1 * a1, np.maximum(a0, a1)
+
+
+def _lymph(rng, k, dark: bool):
+    xx, yy = _coords(k)
+    r = rng.uniform(5.4, 7.0) if dark else rng.uniform(6.5, 9.0)
+    harm = _harmonics(rng, 0.06 if dark else 0.1)
+    ang = rng.uniform(0, np.pi)
+    ry = r * rng.uniform(0.85, 1.0)
+    if dark:
+        h, _, _ = _nucleus(
+            rng, xx, yy, 0, 0, r, ry, ang, harm, rng.uniform(1.15, 1.4), rng.uniform(0.95, 1.25), 1.2, 0
+        )
+    else:  # germinal-centre blast: larger, vesicular, nucleoli
+        h, _, _ = _nucleus(
+            rng,
+            xx,
+            yy,
+            0,
+            0,
+            r,
+            ry,
+            ang,
+            harm,
+            rng.uniform(0.85, 1.05),
+            rng.uniform(0.45, 0.7),
+            1.0,
+            int(rng.integers(0, 3)),
+        )
+    return h
+
+
+def _elongated(rng, k, angle, long_r, short_r, h_level, blur):
+    xx, yy = _coords(k)
+    d = _shape_distance(xx, yy, 0, 0, long_r, short_r, angle, _harmonics(rng, 0.08))
+    h = _soft(d) * h_level * (1.0 + 0.15 * _grain(rng, k, 1.0)).clip(0.5, 1.5)
+    if blur:
+        h = cv2.GaussianBlur(h, (0, 0), blur)
+    return h
+
+
+def _tumour(rng, k):
+    xx, yy = _coords(k)
+    cell_r = rng.uniform(13, 21)
+    cyto_d = _shape_distance(
+        xx, yy, 0, 0, cell_r, cell_r * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi), _harmonics(rng, 0.12)
+    )
+    a = _soft(cyto_d, 0.8)
+    membrane = np.clip(1.0 + cyto_d / 1.5, 0, 1) * a
+    e = (rng.uniform(0.3, 0.5) * (1 + 0.18 * _grain(rng, k, 1.5)) + 0.15 * membrane) * a
+    h = (rng.uniform(0.06, 0.12) + 0.05 * membrane) * a
+    hyper = rng.random() < 0.25
+    nr = rng.uniform(10, 15)
+    nuc = _nucleus(
+        rng,
+        xx,
+        yy,
+        rng.uniform(-3, 3),
+        rng.uniform(-3, 3),
+        nr,
+        nr * rng.uniform(0.7, 1.0),
+        rng.uniform(0, np.pi),
+        _harmonics(rng, rng.uniform(0.08, 0.18)),
+        rng.uniform(0.95, 1.15),
+        rng.uniform(0.75, 0.95) if hyper else rng.uniform(0.4, 0.6),
+        1.3,
+        int(rng.integers(1, 3)),
+    )
+    return _over((h, e, a), nuc)
+
+
+def _columnar(rng, k, angle, benign: bool):
+    """Columnar cell whose long axis points along ``angle`` (outward from a gland lumen)."""
+    xx, yy = _coords(k)
+    long_r, short_r = rng.uniform(15, 21), rng.uniform(7, 10)
+    cyto_d = _shape_distance(xx, yy, 0, 0, long_r, short_r, angle, _harmonics(rng, 0.06))
+    a = _soft(cyto_d, 0.8)
+    membrane = np.clip(1.0 + cyto_d / 1.3, 0, 1) * a
+    if benign:  # foveolar cell: pale mucinous apex (towards the lumen)
+        apical = np.clip(-((xx * np.cos(angle) + yy * np.sin(angle)) / long_r), 0, 1)
+        e = (0.32 - 0.22 * apical + 0.15 * membrane) * a
+        h = (0.05 + 0.06 * apical + 0.04 * membrane) * a
+        nr, inner, rim, offset = rng.uniform(5.5, 7), rng.uniform(0.75, 0.9), 0.95, 0.5
+    else:
+        e = (rng.uniform(0.4, 0.58) * (1 + 0.15 * _grain(rng, k, 1.5)) + 0.15 * membrane) * a
+        h = (0.07 + 0.04 * membrane) * a
+        nr, inner, rim, offset = rng.uniform(7, 11), rng.uniform(0.35, 0.75), 1.05, 0.3
+    ox, oy = np.cos(angle) * long_r * offset, np.sin(angle) * long_r * offset
+    nuc = _nucleus(
+        rng,
+        xx,
+        yy,
+        ox,
+        oy,
+        nr,
+        nr * rng.uniform(0.45, 0.6),
+        angle,
+        _harmonics(rng, 0.04 if benign else 0.12),
+        rim,
+        inner,
+        1.2,
+        0 if benign else int(rng.integers(1, 3)),
+    )
+    return _over((h, e, a), nuc)
+
+
+def _diffuse(rng, k):
+    """Poorly cohesive tumour cell: signet-ring (mucin, eccentric dark nucleus) or histiocyte-like."""
+    xx, yy = _coords(k)
+    cell_r = rng.uniform(13, 20)
+    cyto_d = _shape_distance(
+        xx, yy, 0, 0, cell_r, cell_r * rng.uniform(0.8, 1.0), rng.uniform(0, np.pi), _harmonics(rng, 0.08)
+    )
+    a = _soft(cyto_d, 1.0)
+    membrane = np.clip(1.0 + cyto_d / 1.5, 0, 1) * a
+    ang = rng.uniform(0, 2 * np.pi)
+    if rng.random() < 0.5:  # signet ring
+        e = (rng.uniform(0.1, 0.18) + 0.2 * membrane) * a
+        h = (rng.uniform(0.08, 0.14) + 0.08 * membrane) * a
+        off = cell_r * 0.55
+        nr = rng.uniform(8, 11)
+        nuc = _nucleus(
+            rng,
+            xx,
+            yy,
+            np.cos(ang) * off,
+            np.sin(ang) * off,
+            nr,
+            nr * rng.uniform(0.5, 0.7),
+            ang + np.pi / 2,
+            _harmonics(rng, 0.15),
+            1.1,
+            rng.uniform(0.8, 1.0),
+            1.0,
+            0,
+        )
+    else:  # histiocyte-like: moderate cytoplasm, vesicular nucleus, prominent nucleolus
+        e = (rng.uniform(0.22, 0.36) * (1 + 0.2 * _grain(rng, k, 1.2)) + 0.1 * membrane) * a
+        h = (rng.uniform(0.06, 0.1) + 0.04 * membrane) * a
+        off = cell_r * rng.uniform(0.0, 0.3)
+        nr = rng.uniform(9, 12.5)
+        nuc = _nucleus(
+            rng,
+            xx,
+            yy,
+            np.cos(ang) * off,
+            np.sin(ang) * off,
+            nr,
+            nr * rng.uniform(0.7, 0.95),
+            rng.uniform(0, np.pi),
+            _harmonics(rng, 0.14),
+            1.1,
+            rng.uniform(0.5, 0.7),
+            1.2,
+            1,
+        )
+    return _over((h, e, a), nuc)
+
+
+def _histiocyte(rng, k):
+    """Benign sinus histiocyte: large, pale foamy cytoplasm, bland oval/reniform nucleus."""
+    xx, yy = _coords(k)
+    cell_r = rng.uniform(15, 23)
+    cyto_d = _shape_distance(
+        xx, yy, 0, 0, cell_r, cell_r * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi), _harmonics(rng, 0.15)
+    )
+    a = _soft(cyto_d, 2.5) * 0.92
+    foam = np.clip(_grain(rng, k, 0.9), -1.5, 1.5)
+    e = (rng.uniform(0.13, 0.2) * (1 + 0.3 * foam)) * a
+    h = (rng.uniform(0.04, 0.07) * (1 + 0.3 * foam)) * a
+    ang = rng.uniform(0, 2 * np.pi)
+    off = cell_r * rng.uniform(0.0, 0.35)
+    nr = rng.uniform(9, 12)
+    harm = _harmonics(rng, 0.05) + [(2, rng.uniform(0.0, 0.2), 0.0)]  # kidney-bean dent
+    nuc = _nucleus(
+        rng,
+        xx,
+        yy,
+        np.cos(ang) * off,
+        np.sin(ang) * off,
+        nr,
+        nr * rng.uniform(0.55, 0.75),
+        rng.uniform(0, np.pi),
+        harm,
+        rng.uniform(0.7, 0.85),
+        rng.uniform(0.38, 0.5),
+        0.8,
+        int(rng.random() < 0.3),
+    )
+    return _over((h, e, a), nuc)
+
+
+def _endothelial(rng, k, angle):
+    """Plump (cuboidal) HEV endothelial cell, long axis tangential to the lumen (radial = ``angle``)."""
+    xx, yy = _coords(k)
+    cyto_d = _shape_distance(xx, yy, 0, 0, 8, 11, angle, _harmonics(rng, 0.08))
+    a = _soft(cyto_d, 1.0)
+    e, h = 0.3 * a, 0.06 * a
+    nr = rng.uniform(5.5, 7)
+    nuc = _nucleus(
+        rng,
+        xx,
+        yy,
+        0,
+        0,
+        nr * 0.65,
+        nr,
+        angle,
+        _harmonics(rng, 0.06),
+        0.8,
+        rng.uniform(0.4, 0.55),
+        1.0,
+        int(rng.random() < 0.4),
+    )
+    return _over((h, e, a), nuc)
+
+
+def _stack(items, mode, per_angle=0) -> Bank:
+    hs, es, als = [], [], []
+    for it in items:
+        if isinstance(it, tuple):
+            h, e, a = it
+        else:
+            h, e, a = it, np.zeros_like(it), (it > 0.02).astype(np.float64)
+        hs.append(h)
+        es.append(e)
+        als.append(a)
+    f = lambda xs: np.ascontiguousarray(np.stack(xs).astype(np.float32))
+    return Bank(f(hs), f(es), f(als), mode, per_angle)
+
+
+def _oriented(rng, maker, per_angle):
+    return [maker(rng, 2 * np.pi * b / N_ANGLES) for b in range(N_ANGLES) for _ in range(per_angle)]
+
+
+def _build() -> dict[int, Bank]:
+    rng = np.random.default_rng(20221015)
+    return {
+        LYMPH: _stack([_lymph(rng, 17, True) for _ in range(48)], "max"),
+        GC_CELL: _stack([_lymph(rng, 21, False) for _ in range(32)], "max"),
+        CRUSHED: _stack(
+            [
+                _elongated(
+                    rng,
+                    31,
+                    rng.normal(0.3, 0.25),
+                    rng.uniform(8, 14),
+                    rng.uniform(2.5, 4),
+                    rng.uniform(1.0, 1.3),
+                    1.3,
+                )
+                for _ in range(32)
+            ],
+            "max",
+        ),
+        SPINDLE: _stack(
+            _oriented(
+                rng,
+                lambda r, a: _elongated(r, 31, a, r.uniform(8, 13), r.uniform(2, 3), r.uniform(0.75, 1.0), 0),
+                2,
+            ),
+            "max",
+            2,
+        ),
+        TUMOUR: _stack([_tumour(rng, 49) for _ in range(64)], "over"),
+        COLUMNAR: _stack(_oriented(rng, lambda r, a: _columnar(r, 49, a, False), 4), "over", 4),
+        DIFFUSE: _stack([_diffuse(rng, 45) for _ in range(48)], "over"),
+        HISTIOCYTE: _stack([_histiocyte(rng, 53) for _ in range(48)], "over"),
+        ENDOTHELIAL: _stack(_oriented(rng, lambda r, a: _endothelial(r, 27, a), 2), "over", 2),
+        BENIGN: _stack(_oriented(rng, lambda r, a: _columnar(r, 49, a, True), 3), "over", 3),
+    }
+
+
+_BANKS: dict[int, Bank] | None = None
+_LOCK = threading.Lock()
+
+
+def banks() -> dict[int, Bank]:
+    """All sprite banks, built on first use (thread-safe)."""
+    global _BANKS
+    if _BANKS is None:
+        with _LOCK:
+            if _BANKS is None:
+                _BANKS = _build()
+    return _BANKS
+
+
+def max_radius() -> int:
+    """Largest sprite half-size: how far outside a window a cell centre can still touch it."""
+    return max(b.size for b in banks().values()) // 2 + 1
