@@ -81,7 +81,8 @@ def worker(spec: dict) -> dict:
     from lnassist.escnn.streaming import StreamingConfig, stream_train_step
 
     torch.set_num_threads(spec["threads"])
-    model = seeded_init(build_model("tiny", num_classes=2), seed=0)
+    calibration = SyntheticLNSource(512, 512, 0.5, seed=3).read(0, 0, 512, 512)  # tissue and white
+    model = seeded_init(build_model("tiny", num_classes=2), seed=0, calibration=calibration)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.01)
     source = SyntheticLNSource(spec["size"], spec["size"], spec["tissue"], seed=1)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -92,7 +93,7 @@ def worker(spec: dict) -> dict:
         tile_px=spec["tile_px"],
         skip_white=escnn,
         skip_zero_grad=escnn,
-        cell_backward=mode == "escnn_cell",
+        recompute="cells" if mode == "escnn_cell" else "tiles",
         prefetch_workers=1,
         prefetch_depth=3,
     )

@@ -111,8 +111,19 @@ class SyntheticLNSource:
         return window
 
 
-def seeded_init(model: nn.Module, seed: int) -> nn.Module:
-    """He-normal convolution and linear weights from an explicit generator (no global RNG)."""
+def seeded_init(model: nn.Module, seed: int, calibration: np.ndarray) -> nn.Module:
+    """Random weights that behave like trained ones: He-normal convolutions from an explicit generator,
+    frozen batch-norm statistics calibrated on ``calibration`` (a uint8 RGB window) so that every
+    normalisation sees unit-variance inputs, and a head scaled to logits of about unit size so that
+    the loss is not saturated.
+
+    With uncalibrated statistics (mean 0, variance 1) the activations of a deep ResNet explode,
+    the logits saturate the loss and every gradient is zero, which would make the backward pass
+    cost nothing and the benchmark meaningless.
+    """
+    from lnassist.escnn.backbones import FrozenBatchNorm2d
+    from lnassist.escnn.model import global_max_pool, window_to_input
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -121,4 +132,18 @@ def seeded_init(model: nn.Module, seed: int) -> nn.Module:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
                 if m.bias is not None:
                     m.bias.zero_()
+
+        def calibrate(bn: FrozenBatchNorm2d, args: tuple[torch.Tensor]) -> None:
+            bn.running_mean.copy_(args[0].mean(dim=(0, 2, 3)))
+            bn.running_var.copy_(args[0].var(dim=(0, 2, 3)))
+
+        hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
+                 if isinstance(m, FrozenBatchNorm2d)]
+        try:
+            pooled = global_max_pool(model.trunk(window_to_input(calibration)))
+        finally:
+            for h in hooks:
+                h.remove()
+        # Logits of about unit scale on the calibration window.
+        model.head.weight.mul_(1.0 / (2.0 * float(pooled.pow(2).mean())) ** 0.5)
     return model

@@ -42,8 +42,16 @@ def overview_png(slide_path: Path, ground_truth: dict, out_png: Path, mpp: float
         colour = CATEGORY_BGR[node["category"]]
         cv2.polylines(image, [contour], isClosed=True, color=colour, thickness=3)
         x, y = contour.min(axis=0)
-        cv2.putText(image, f"LN{node['id']} {node['category']}", (int(x), max(int(y) - 6, 14)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"LN{node['id']} {node['category']}",
+            (int(x), max(int(y) - 6, 14)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
     if not cv2.imwrite(str(out_png), image):
         raise OSError(f"could not write {out_png}")
 
@@ -55,15 +63,18 @@ def run_demo(out_dir: Path, seed: int, size_px: int) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     slide_path = out_dir / "demo-slide.tiff"
     started = time.perf_counter()
-    truth = write_slide(slide_path, LayoutConfig(size_px, size_px, seed=seed, categories=DEMO_CATEGORIES))
+    truth = write_slide(
+        slide_path, LayoutConfig(size_px, size_px, seed=seed, categories=DEMO_CATEGORIES), overwrite=True
+    )
     generated_s = time.perf_counter() - started
     slide = open_slide(slide_path)
     overview = out_dir / "demo-overview.png"
     overview_png(slide_path, truth, overview)
     return {
         "slide": describe(slide),
-        "ground_truth_lns": [{"id": n["id"], "category": n["category"], "label": n["label"]}
-                             for n in truth["nodes"]],
+        "ground_truth_lns": [
+            {"id": n["id"], "category": n["category"], "label": n["label"]} for n in truth["nodes"]
+        ],
         "slide_label": truth["slide_label"],
         "generate_s": round(generated_s, 1),
         "outputs": {"slide": str(slide_path), "overview_png": str(overview)},
@@ -72,7 +83,8 @@ def run_demo(out_dir: Path, seed: int, size_px: int) -> dict:
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="generate a synthetic LN slide, read it back and draw an overview",
+        "demo",
+        help="generate a synthetic LN slide, read it back and draw an overview",
         description="Run lnassist end to end on an embedded default (a synthetic slide with every category).",
     )
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")

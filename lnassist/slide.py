@@ -425,14 +425,20 @@ def describe(slide: Slide) -> dict[str, Any]:
 
 def add_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "info", help="print a slide's size, resolution and tissue fraction as JSON",
+        "info",
+        help="print a slide's size, resolution and tissue fraction as JSON",
         description="Open a slide with large_image and print what lnassist reads from it.",
     )
     parser.add_argument("slide", type=Path, help="slide file (any format large_image reads)")
-    parser.add_argument("--mpp", type=float, default=None,
-                        help="base-level um/px, for slides without resolution metadata")
-    parser.add_argument("--thumbnail", type=Path, default=None,
-                        help="also write the slide at the detector resolution (7.36 um/px) to this PNG")
+    parser.add_argument(
+        "--mpp", type=float, default=None, help="base-level um/px, for slides without resolution metadata"
+    )
+    parser.add_argument(
+        "--thumbnail",
+        type=Path,
+        default=None,
+        help="also write the slide at the detector resolution (7.36 um/px) to this PNG",
+    )
     parser.set_defaults(func=_info_command)
 
 

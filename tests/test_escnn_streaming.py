@@ -148,17 +148,19 @@ def test_undersized_crop_is_detected():
     assert float((stitched - full).abs().max()) > 1e-6
 
 
-@pytest.mark.parametrize("cell_backward", [False, True])
+@pytest.mark.parametrize("recompute", ["tiles", "cells", "auto"])
 @pytest.mark.parametrize(("kind", "shape", "tile_px"), CASES)
-def test_gmp_gradients_equal_full_backprop(kind, shape, tile_px, cell_backward):
+def test_gmp_gradients_equal_full_backprop(kind, shape, tile_px, recompute):
     model = make_model(kind)
     image = texture(*shape, seed=2)
     target = torch.tensor([1])
     ref = reference_step(model, image, target)
-    cfg = dataclasses.replace(SERIAL, tile_px=tile_px, cell_backward=cell_backward)
+    cfg = dataclasses.replace(SERIAL, tile_px=tile_px, recompute=recompute)
     loss, stats, got = streamed_step(model, image, target, cfg)
     assert stats.tiles_backprop >= 2
-    if cell_backward:  # fewer pixels recomputed than whole tiles, batched windows
+    if recompute != "auto":
+        assert stats.recompute == recompute
+    if stats.recompute == "cells":  # one window per argmax cell, batched
         assert stats.cells_backprop >= stats.tiles_backprop
         assert stats.backward_computed < stats.cells_backprop
     assert max_rel_err(got, ref) < 1e-8
@@ -209,14 +211,14 @@ def test_skipping_and_cache_change_nothing():
     target = torch.tensor([1])
     ref = reference_step(model, image, target)
     results = {}
-    for skip_white in (False, True):
-        for skip_zero in (False, True):
-            for cells in (False, True):
-                cfg = StreamingConfig(tile_px=96, skip_white=skip_white, skip_zero_grad=skip_zero,
-                                      cell_backward=cells, prefetch_workers=0)
-                results[(skip_white, skip_zero, cells)] = streamed_step(model, image, target, cfg)
-    plain_loss, plain_stats, plain = results[(False, False, False)]
-    fast_loss, fast_stats, fast = results[(True, True, False)]
+    combos = [(False, False, "tiles"), (True, False, "tiles"), (False, True, "tiles"), (True, True, "tiles"),
+              (False, True, "cells"), (True, True, "cells")]
+    for skip_white, skip_zero, recompute in combos:
+        cfg = StreamingConfig(tile_px=96, skip_white=skip_white, skip_zero_grad=skip_zero,
+                              recompute=recompute, prefetch_workers=0)
+        results[(skip_white, skip_zero, recompute)] = streamed_step(model, image, target, cfg)
+    plain_loss, plain_stats, plain = results[(False, False, "tiles")]
+    fast_loss, fast_stats, fast = results[(True, True, "tiles")]
     assert plain_stats.tiles_white == fast_stats.tiles_white >= 4
     # Plain streaming computes everything twice; ESCNN computes white tiles once per shape.
     assert plain_stats.forward_computed == plain_stats.backward_computed == plain_stats.tiles_total
@@ -249,7 +251,8 @@ def test_backpropagated_tiles_are_the_argmax_tiles():
         for c, i in enumerate(flat)
         if float(pooled.grad[0, c]) != 0.0
     }
-    _, stats, _ = streamed_step(model, image, target, StreamingConfig(tile_px=96, prefetch_workers=0))
+    cfg = StreamingConfig(tile_px=96, prefetch_workers=0, recompute="cells")
+    _, stats, _ = streamed_step(model, image, target, cfg)
     assert set(stats.backprop_tiles) == expected
     flat_hot = {int(i) for c, i in enumerate(flat) if float(pooled.grad[0, c]) != 0.0}
     assert stats.cells_backprop == len(flat_hot)  # one receptive-field window per distinct argmax cell
@@ -279,7 +282,7 @@ def test_frozen_bn_statistics_stay_while_affine_trains():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(2):
         opt.zero_grad(set_to_none=True)
-        stream_train_step(model, ArraySource(image), torch.tensor([1]), CE, StreamingConfig(tile_px=64))
+        stream_train_step(model, ArraySource(image), torch.tensor([1]), CE, StreamingConfig(tile_px=96))
         opt.step()
     for name, buf in model.named_buffers():
         assert torch.equal(buf, stats_before[name]), name
@@ -368,5 +371,28 @@ def test_bad_inputs_raise_clear_errors():
 
     with pytest.raises(StreamingError, match="uint8 RGB"):
         stream_forward(model, BadSource(), StreamingConfig(tile_px=64))
+    with pytest.raises(StreamingError, match="recompute"):
+        StreamingConfig(recompute="some")
     with pytest.raises(StreamingError, match="feature_grad"):
         stream_backward(model, ArraySource(texture(100, 100, 0)), torch.zeros(1, 64, 3, 3))
+
+
+def test_augmented_source_streams_exactly():
+    """Augmentation is a function of (params, window): streaming through an AugmentedSource equals
+    full backprop on the whole augmented canvas read as one window (white corners skipped)."""
+    from lnassist.escnn.augment import AugmentConfig, AugmentedSource, draw_params
+
+    model = make_model("tiny")
+    base = ArraySource(texture(150, 170, seed=12))
+    params = draw_params(AugmentConfig(), np.random.default_rng(13), base.height, base.width)
+    source = AugmentedSource(base, params)
+    whole = source.read(0, 0, source.height, source.width)
+    target = torch.tensor([1])
+    ref = reference_step(model, whole, target)
+    for recompute in ("tiles", "cells"):
+        cfg = StreamingConfig(tile_px=96, prefetch_workers=2, recompute=recompute)
+        model.zero_grad(set_to_none=True)
+        _, stats = stream_train_step(model, source, target, CE, cfg)
+        got = {n: p.grad.clone() for n, p in model.named_parameters()}
+        assert stats.tiles_total >= 9
+        assert max_rel_err(got, ref) < 1e-8

@@ -19,6 +19,13 @@ tile of the same shape, computed once per shape (the constant-tile cache), and w
 hold an argmax share one backward per shape (the backward is linear in the feature gradient).
 Tiles whose feature gradient is all zero are skipped in the backward pass. Reading runs ahead in
 background threads (:mod:`lnassist.escnn.prefetch`) in both passes.
+
+Beyond the paper: since the gradient only enters at the argmax cells, the backward pass may
+instead recompute, for each argmax cell, just the smallest stride-aligned window holding its
+receptive field (exact for the same reason as a tile), batching windows of equal layout.
+``StreamingConfig.recompute="auto"`` (default) picks per step whichever recomputes fewer pixels:
+whole tiles when few tiles hold all argmaxes, cell windows when a many-channel trunk (2048 for
+ResNet50) spreads its argmaxes over many tiles of a large image.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ TILE_PX_GPU_LARGE = 3072
 TILE_PX_GPU_SMALL = 2048
 GPU_LARGE_BYTES = 32 * 1024**3
 TILE_PX_CPU = 512
+RECOMPUTE = ("auto", "tiles", "cells")
 
 
 class StreamingError(LnassistError):
@@ -57,13 +65,18 @@ class StreamingConfig:
     tile_px: int | None = None
     skip_white: bool = True  # white tiles: no read/augment/compute, cached result per tile shape
     skip_zero_grad: bool = True  # no recomputation for tiles whose feature gradient is all zero
-    # With skip_zero_grad: recompute only the receptive field of each argmax cell (batched) instead
-    # of the whole tile holding it. Same gradients; not in the paper.
-    cell_backward: bool = True
+    # What the backward pass recomputes (with skip_zero_grad): "tiles", the whole tiles holding an
+    # argmax (the paper); "cells", only the receptive field of each argmax cell, batched (same
+    # gradients, not in the paper); "auto", whichever needs fewer pixels for this image.
+    recompute: str = "auto"
     amp: bool = True  # bf16 autocast (CUDA only; CPU runs in the parameters' dtype)
     channels_last: bool = True
     prefetch_workers: int = 2
     prefetch_depth: int = 4
+
+    def __post_init__(self) -> None:
+        if self.recompute not in RECOMPUTE:
+            raise StreamingError(f"recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}")
 
 
 def default_tile_px(device: torch.device) -> int:
@@ -189,7 +202,8 @@ class StreamStats:
     backward_computed: int = 0  # trunk recomputations with autograd (a shared white backward counts once)
     forward_px: int = 0  # input pixels pushed through the trunk in the forward pass
     backward_px: int = 0  # input pixels recomputed with autograd in the backward pass
-    cells_backprop: int = 0  # argmax cells recomputed (cell_backward)
+    cells_backprop: int = 0  # argmax cells recomputed through their receptive field
+    recompute: str = ""  # "tiles" or "cells": what this step's backward recomputed
     forward_s: float = 0.0
     backward_s: float = 0.0
     wait_s: float = 0.0  # time the compute loop waited for the prefetcher
@@ -289,12 +303,17 @@ class _Engine:
 
     def _input(self, pixels: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         if pixels is None:
-            pixels = torch.full((*shape, 3), WHITE, dtype=torch.uint8)
+            pixels = torch.full((*shape, 3), WHITE, dtype=torch.uint8, device=self.device)
         return window_to_input(pixels, self.device, self.input_dtype, self.cfg.channels_last)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             return self.model.trunk(x)
+
+    def _forward_tile(self, pixels: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+        self.stats.forward_computed += 1
+        self.stats.forward_px += shape[0] * shape[1]
+        return self._trunk(self._input(pixels, shape))
 
     def forward(self, on_tile: Callable[[Tile, torch.Tensor], None] | None = None) -> ForwardResult:
         """Stream the trunk over all tiles without autograd, reducing each tile to its local maxima."""
@@ -310,13 +329,9 @@ class _Engine:
                 if pixels is None and cfg.skip_white:
                     out = self.white_out.get(tile.shape_px)
                     if out is None:
-                        out = self.white_out[tile.shape_px] = self._trunk(self._input(None, tile.shape_px))
-                        self.stats.forward_computed += 1
-                        self.stats.forward_px += tile.shape_px[0] * tile.shape_px[1]
+                        out = self.white_out[tile.shape_px] = self._forward_tile(None, tile.shape_px)
                 else:
-                    out = self._trunk(self._input(pixels, tile.shape_px))
-                    self.stats.forward_computed += 1
-                    self.stats.forward_px += tile.shape_px[0] * tile.shape_px[1]
+                    out = self._forward_tile(pixels, tile.shape_px)
                 cells = tile.crop(out).to(acc_dtype)
                 vals, idx = cells.flatten(2)[0].max(dim=1)
                 pos = (idx // tile.x.cells + tile.y.cell0) * plan.out_w + idx % tile.x.cells + tile.x.cell0
@@ -358,18 +373,22 @@ class _Engine:
             else:
                 p.grad.add_(g)
 
-    def backward_cells(self, cells: Sequence[tuple[int, int]], cell_grads: torch.Tensor) -> None:
-        """Backward through single output cells: recompute only each cell's receptive field.
-
-        ``cell_grads[i]`` is the loss gradient ``(c,)`` at ``cells[i]``. Each cell gets the smallest
-        stride-aligned window holding its receptive field (so the cell is exact there, as in a tile);
-        windows of one shape are batched up to one tile's worth of pixels.
-        """
+    def cell_windows(self, cells: Sequence[tuple[int, int]]) -> list[Tile]:
+        """For each output cell, the smallest stride-aligned window holding its receptive field: the
+        cell is exact there, as in a tile. ``index`` is the cell's position in ``cells``."""
         plan, geo = self.plan, self.plan.geometry
-        windows = [
+        return [
             Tile(i, _cell_span(geo.y, plan.height, r), _cell_span(geo.x, plan.width, c))
             for i, (r, c) in enumerate(cells)
         ]
+
+    def backward_cells(self, windows: Sequence[Tile], cell_grads: torch.Tensor) -> None:
+        """Backward through single output cells, recomputing only their windows (:meth:`cell_windows`).
+
+        ``cell_grads[w.index]`` is the loss gradient ``(c,)`` at the cell of window ``w``; windows of
+        one layout are batched up to one tile's worth of pixels.
+        """
+        plan, geo = self.plan, self.plan.geometry
         # Batch windows with the same shape and the same position of their cell.
         by_layout: dict[tuple[int, int, int, int], list[Tile]] = {}
         for w in windows:
@@ -495,12 +514,24 @@ def stream_train_step(
         grad[0, channels[mine], rows, cols] = dpooled[mine]
         return grad
 
-    if engine.cfg.cell_backward and engine.cfg.skip_zero_grad:
+    recompute = engine.cfg.recompute if engine.cfg.skip_zero_grad else "tiles"
+    if recompute != "tiles":
         hot_channels = torch.nonzero(dpooled != 0)[:, 0]
         cells, owner_of = torch.unique(fwd.argmax_cell[hot_channels], dim=0, return_inverse=True)
-        cell_grads = dpooled.new_zeros((cells.shape[0], dpooled.shape[0]))
+        windows = engine.cell_windows([(int(r), int(c)) for r, c in cells.tolist()])
+        if recompute == "auto":
+            # Pixels each way; hot white tiles of one shape share a single backward.
+            shared = {t.index for t in needed if engine.cfg.skip_white and fwd.white[t.index]}
+            white_shapes = {t.shape_px for t in needed if t.index in shared}
+            tiles_px = sum(h * w for h, w in white_shapes)
+            tiles_px += sum(t.shape_px[0] * t.shape_px[1] for t in needed if t.index not in shared)
+            cells_px = sum(w.shape_px[0] * w.shape_px[1] for w in windows)
+            recompute = "cells" if cells_px < tiles_px else "tiles"
+    engine.stats.recompute = recompute
+    if recompute == "cells":
+        cell_grads = dpooled.new_zeros((len(windows), dpooled.shape[0]))
         cell_grads[owner_of, hot_channels] = dpooled[hot_channels]
-        engine.backward_cells([(int(r), int(c)) for r, c in cells.tolist()], cell_grads)
+        engine.backward_cells(windows, cell_grads)
     else:
         engine.backward(needed, grad_of, fwd.white)
     return float(loss.detach()), engine.stats

@@ -37,7 +37,14 @@ def run_synth(args: argparse.Namespace) -> int:
         tumour_type=args.tumour_type,
     )
     t0 = time.perf_counter()
-    gt = write_slide(args.out, cfg, tile_px=args.tile_px, quality=args.quality, workers=args.workers)
+    gt = write_slide(
+        args.out,
+        cfg,
+        tile_px=args.tile_px,
+        quality=args.quality,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
     cats = ", ".join(n["category"] for n in gt["nodes"])
     print(
         f"wrote {args.out} ({args.width_px} x {args.height_px} px, {len(gt['nodes'])} LNs: {cats}) and "
@@ -66,7 +73,7 @@ def run_synth_dataset(args: argparse.Namespace) -> int:
                 )
             },
         )
-    manifest = build_dataset(args.out_dir, cfg, workers=args.workers)
+    manifest = build_dataset(args.out_dir, cfg, workers=args.workers, overwrite=args.overwrite)
     print(f"wrote {manifest}")
     return 0
 
@@ -99,6 +106,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--tile-px", type=_positive_int, default=512)
     p.add_argument("--quality", type=int, default=85)
     p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing slide and ground truth")
     p.set_defaults(func=run_synth)
 
     d = subparsers.add_parser(
@@ -115,4 +123,5 @@ def add_cli(subparsers) -> None:
             f"--{split}-sites", type=_sites, default=None, help=f"comma-separated sites for {split}"
         )
     d.add_argument("--workers", type=_positive_int, default=2)
+    d.add_argument("--overwrite", action="store_true", help="rebuild a data set folder that has a manifest")
     d.set_defaults(func=run_synth_dataset)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lnassist.categories import CATEGORIES, ITC, MACRO, MICRO, NEGATIVE, NEGATIVE_MIMIC
+from lnassist.fileio import OutputExistsError, write_text_atomic
 from lnassist.synth import SynthError
 from lnassist.synth.generate import gt_path_for, write_slide
 from lnassist.synth.layout import DEFAULT_MIX, LayoutConfig
@@ -101,10 +102,15 @@ def slide_seed(dataset_seed: int, split_index: int, slide_index: int) -> int:
     return int(np.random.SeedSequence([dataset_seed, split_index, slide_index]).generate_state(1)[0])
 
 
-def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2) -> Path:
-    """Write all slides, their ground truth and the manifest; returns the manifest path."""
+def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2, overwrite: bool = False) -> Path:
+    """Write all slides, their ground truth and the manifest; returns the manifest path.
+
+    The manifest is written last, so a data set folder with a manifest is complete."""
     cfg.validate()
     out = Path(out_dir)
+    manifest = out / MANIFEST_NAME
+    if manifest.exists() and not overwrite:
+        raise OutputExistsError(f"{manifest} already exists; pass --overwrite to rebuild the data set")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for split_index, (split, sc) in enumerate(cfg.splits().items()):
@@ -122,7 +128,14 @@ def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2) -> 
                 tumour_type=str(rng.choice(["intestinal", "diffuse", "mixed"], p=[0.45, 0.35, 0.2])),
             )
             t0 = time.perf_counter()
-            gt = write_slide(out / rel, lcfg, tile_px=cfg.tile_px, quality=cfg.quality, workers=workers)
+            gt = write_slide(
+                out / rel,
+                lcfg,
+                tile_px=cfg.tile_px,
+                quality=cfg.quality,
+                workers=workers,
+                overwrite=overwrite,
+            )
             log.info("%s: %d LNs, %.1f s", rel, len(gt["nodes"]), time.perf_counter() - t0)
             for node in gt["nodes"]:
                 rows.append(
@@ -143,13 +156,13 @@ def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2) -> 
                         "seed": seed,
                     }
                 )
-    manifest = out / MANIFEST_NAME
-    manifest.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+    rows_text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
     summary = {"config": asdict(cfg), "n_rows": len(rows), "counts": {}}
     for r in rows:
         key = f"{r['split']}/{r['category']}"
         summary["counts"][key] = summary["counts"].get(key, 0) + 1
-    (out / "dataset.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out / "dataset.json", json.dumps(summary, indent=1), overwrite=True)
+    write_text_atomic(manifest, rows_text, overwrite=True)
     return manifest
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lnassist.categories import category_of_extent
+from lnassist.fileio import OutputExistsError, atomic_output, write_text_atomic
 from lnassist.synth import layout as L
 from lnassist.synth.render import render_region
 from lnassist.synth.stain import site_to_dict
@@ -92,24 +93,30 @@ def write_slide(
     tile_px: int = DEFAULT_TILE_PX,
     quality: int = DEFAULT_QUALITY,
     workers: int = 2,
+    overwrite: bool = False,
 ) -> dict:
-    """Build the layout, write the TIFF and its ground truth; returns the ground-truth dict."""
+    """Build the layout, write the TIFF and its ground truth; returns the ground-truth dict.
+
+    Both files appear whole or not at all; existing files are replaced only with ``overwrite``."""
     layout = L.build_layout(cfg)
     tiff_path = Path(tiff_path)
-    tiff_path.parent.mkdir(parents=True, exist_ok=True)
-    shapes = write_pyramid(
-        tiff_path,
-        layout.width_px,
-        layout.height_px,
-        lambda x0, y0, w, h: render_region(layout, x0, y0, w, h),
-        mpp=layout.mpp,
-        magnification=L.MAGNIFICATION_20X * L.MPP_20X / layout.mpp,
-        tile_px=tile_px,
-        quality=quality,
-        workers=workers,
-    )
-    gt = ground_truth(layout)
-    gt["levels"] = [list(s) for s in shapes]
-    gt["image"] = tiff_path.name
-    gt_path_for(tiff_path).write_text(json.dumps(gt, separators=(",", ":")))
+    gt_path = gt_path_for(tiff_path)
+    if not overwrite and gt_path.exists():
+        raise OutputExistsError(f"{gt_path} already exists; pass --overwrite to replace it")
+    with atomic_output(tiff_path, overwrite=overwrite) as tmp_tiff:
+        shapes = write_pyramid(
+            tmp_tiff,
+            layout.width_px,
+            layout.height_px,
+            lambda x0, y0, w, h: render_region(layout, x0, y0, w, h),
+            mpp=layout.mpp,
+            magnification=L.MAGNIFICATION_20X * L.MPP_20X / layout.mpp,
+            tile_px=tile_px,
+            quality=quality,
+            workers=workers,
+        )
+        gt = ground_truth(layout)
+        gt["levels"] = [list(s) for s in shapes]
+        gt["image"] = tiff_path.name
+        write_text_atomic(gt_path, json.dumps(gt, separators=(",", ":")), overwrite=overwrite)
     return gt

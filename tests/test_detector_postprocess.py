@@ -1,0 +1,175 @@
+"""Post-processing of detector masks (dilation, small components, contours, base-px scaling) and the
+detector grid, on hand-made masks with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lnassist.detector import DetectorError
+from lnassist.detector.grid import Grid
+from lnassist.detector.postprocess import (
+    MIN_COMPONENT_PX,
+    clean_mask,
+    dilate_diamond,
+    mask_to_contours,
+    outer_contours,
+    remove_small_components,
+)
+
+
+def _blank(height: int = 200, width: int = 200) -> np.ndarray:
+    return np.zeros((height, width), dtype=bool)
+
+
+def _as_set(points: np.ndarray) -> set[tuple[float, float]]:
+    return {(float(x), float(y)) for x, y in np.asarray(points)}
+
+
+def test_paper_constants():
+    assert MIN_COMPONENT_PX == 4096
+
+
+def test_dilation_adds_exactly_the_four_neighbours_of_a_pixel():
+    mask = _blank(11, 11)
+    mask[5, 5] = True
+    expected = _blank(11, 11)
+    for y, x in ((5, 5), (4, 5), (6, 5), (5, 4), (5, 6)):
+        expected[y, x] = True
+    np.testing.assert_array_equal(dilate_diamond(mask), expected)
+
+
+def test_dilation_at_the_image_corner_adds_nothing_outside():
+    mask = _blank(4, 4)
+    mask[0, 0] = True
+    assert set(zip(*np.nonzero(dilate_diamond(mask)), strict=True)) == {(0, 0), (0, 1), (1, 0)}
+
+
+def test_dilation_equals_the_or_of_the_four_shifts():
+    mask = np.random.default_rng(3).random((37, 41)) > 0.9
+    padded = np.pad(mask, 1)
+    expected = (
+        padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    )
+    np.testing.assert_array_equal(dilate_diamond(mask), expected)
+
+
+def test_components_of_4095_pixels_go_and_4096_stay():
+    mask = _blank()
+    mask[0:64, 0:64] = True  # 4096
+    mask[100:163, 100:165] = True  # 63 x 65 = 4095
+    kept = remove_small_components(mask)
+    assert kept[0:64, 0:64].all()
+    assert not kept[100:163, 100:165].any()
+    assert kept.sum() == 4096
+
+
+def test_size_is_counted_after_dilation():
+    # A 48 x 80 rectangle dilated by the diamond covers 48 * 80 + 2 * 48 + 2 * 80 = 4096 pixels.
+    mask = _blank()
+    mask[50:98, 50:130] = True
+    assert mask.sum() < MIN_COMPONENT_PX
+    assert clean_mask(mask).sum() == 4096
+    mask[50, 50:130] = False  # one row fewer: 47 x 80 -> 4014 pixels after dilation
+    assert not clean_mask(mask).any()
+
+
+def test_diagonal_pixels_are_one_component():
+    mask = _blank()
+    mask[10:60, 10:60] = True  # 2500
+    mask[60:100, 60:100] = True  # 1600, touching only at a corner
+    assert remove_small_components(mask).sum() == 4100
+
+
+def test_touching_blobs_are_one_contour():
+    mask = _blank()
+    mask[20:90, 20:90] = True
+    mask[20:90, 90:160] = True  # shares an edge with the first
+    assert len(outer_contours(clean_mask(mask))) == 1
+
+
+def test_a_two_pixel_gap_closes_and_a_three_pixel_gap_stays():
+    for gap, expected in ((2, 1), (3, 2)):
+        mask = _blank()
+        mask[20:90, 20:90] = True
+        mask[20:90, 90 + gap : 160 + gap] = True
+        assert len(outer_contours(clean_mask(mask))) == expected, gap
+
+
+def test_a_blob_with_a_hole_has_one_external_contour():
+    mask = _blank()
+    mask[40:140, 40:140] = True
+    mask[80:110, 80:110] = False
+    contours = outer_contours(clean_mask(mask))
+    assert len(contours) == 1
+    # The dilated square: a 102 x 102 square less its four corner pixels.
+    assert _as_set(contours[0]) == {
+        (40, 39), (39, 40), (39, 139), (40, 140), (139, 140), (140, 139), (140, 40), (139, 39)
+    }
+    cleaned = clean_mask(mask)
+    assert not cleaned[81:109, 81:109].any()  # the hole shrinks by the dilation but stays
+
+
+def test_known_square_maps_to_base_pixels():
+    mask = _blank(150, 200)
+    mask[10:80, 20:90] = True  # 70 x 70
+    grid = Grid(200, 150, (16.0, 8.0))
+    contours, cleaned = mask_to_contours(mask, grid)
+    assert len(contours) == 1
+    octagon_px = [(20, 9), (19, 10), (19, 79), (20, 80), (89, 80), (90, 79), (90, 10), (89, 9)]
+    expected = {((x + 0.5) * 16.0, (y + 0.5) * 8.0) for x, y in octagon_px}
+    assert _as_set(contours[0]) == expected
+    assert contours[0].dtype == np.float64
+    assert cleaned.sum() == 70 * 70 + 4 * 70
+
+
+def test_small_noise_is_dropped_and_large_nodes_kept():
+    mask = _blank(300, 300)
+    mask[10:110, 10:110] = True
+    mask[200:205, 200:205] = True  # 25 px of noise
+    mask[150:290, 150:180] = True  # 140 x 30 = 4200
+    contours, _ = mask_to_contours(mask, Grid(300, 300, (1.0, 1.0)))
+    assert len(contours) == 2
+
+
+def test_empty_mask_gives_no_contours():
+    contours, cleaned = mask_to_contours(_blank(50, 60), Grid(60, 50, (16.0, 16.0)))
+    assert contours == [] and not cleaned.any()
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(DetectorError, match="does not match"):
+        mask_to_contours(_blank(50, 60), Grid(50, 60, (1.0, 1.0)))
+    with pytest.raises(DetectorError, match="2-D"):
+        dilate_diamond(np.zeros((2, 3, 4)))
+    with pytest.raises(DetectorError, match=">= 1"):
+        remove_small_components(_blank(), min_px=0)
+
+
+def test_grid_rasterise_uses_pixel_centres():
+    grid = Grid(10, 10, (16.0, 16.0))
+    rectangle = np.array([[30, 50], [100, 50], [100, 110], [30, 110]], dtype=float)
+    expected = np.zeros((10, 10), dtype=bool)
+    # Centres (j + 0.5) * 16 inside x in (30, 100): j = 2..5; inside y in (50, 110): i = 3..6.
+    expected[3:7, 2:6] = True
+    np.testing.assert_array_equal(grid.rasterise([rectangle]), expected)
+    np.testing.assert_array_equal(grid.to_base_px(np.array([[0, 0], [2, 3]])), [[8, 8], [40, 56]])
+
+
+def test_contours_rasterise_back_to_the_mask_up_to_boundary_pixels():
+    """Contour vertices are boundary-pixel centres, so rasterising the base-px contours on the same grid
+    gives the cleaned mask except possibly at boundary pixels (centres exactly on an edge)."""
+    import cv2
+
+    grid = Grid(120, 100, (16.0, 16.0))
+    mask = _blank(100, 120)
+    mask[20:90, 10:100] = True
+    mask[20:50, 30:60] = False  # a notch: a concave outline
+    contours, cleaned = mask_to_contours(mask, grid)
+    assert len(contours) == 1
+    recovered = grid.rasterise(contours)
+    interior = cv2.erode(cleaned.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    boundary = cleaned & ~interior
+    assert recovered[interior].all()
+    assert not recovered[~cleaned].any()
+    assert recovered[boundary].any() and not recovered[boundary].all()  # the half-open edge rule
