@@ -32,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_synth.py
+	$(BIN)/python benchmarks/bench_escnn.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -33,7 +33,7 @@ assert set(CATEGORY_BGR) == set(CATEGORIES)
 
 
 def overview_png(slide_path: Path, ground_truth: dict, out_png: Path, mpp: float = OVERVIEW_MPP) -> None:
-    """The slide at ``mpp`` with each LN contour (base px in the ground truth) drawn in its category colour."""
+    """The slide at ``mpp``, each LN contour (base px in the ground truth) drawn in its category colour."""
     slide = open_slide(slide_path)
     image = cv2.cvtColor(slide.read_thumbnail(mpp), cv2.COLOR_RGB2BGR)
     scale = slide.base_mpp / mpp

@@ -15,15 +15,6 @@ from lnassist.detector.infer import predict_logits, tile_spans
 from lnassist.detector.model import CPU, build_detector, to_tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared; more threads than free cores slows convolutions tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _blobs(height: int = 200, width: int = 232) -> np.ndarray:
     image = np.full((height, width, 3), 240, np.uint8)
     cv2.circle(image, (70, 80), 45, (120, 60, 160), -1)

@@ -23,15 +23,6 @@ from lnassist.fileio import OutputExistsError
 SMALL = replace(CPU, decoder_channels=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared; more threads than free cores slows convolutions tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def small_model():
     return build_detector(SMALL, seed=1).eval()

@@ -28,15 +28,6 @@ SMALL = replace(CPU, decoder_channels=32)
 TWO_ITERATIONS = TrainConfig(iterations=2, batch_size=2, crop_px=64, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared; more threads than free cores slows convolutions tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, dict]:
     """One synthetic slide (4000 x 3000 px at 0.46 um/px, one LN) listed as 'train' and 'val' in a

@@ -26,15 +26,6 @@ SMALL = replace(CPU, decoder_channels=32)
 TINY_TRAIN = TrainConfig(iterations=12, batch_size=2, crop_px=64, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared; more threads than free cores slows convolutions tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sample(seed: int, size: int = 96) -> SlideSample:
     """White background, one dark purple 'LN' disc (the target) and one pale pink blob (not a target)."""
     rng = np.random.default_rng(seed)
