@@ -19,13 +19,19 @@ class OutputExistsError(LnassistError):
     """The destination exists and the caller did not ask to replace it."""
 
 
+def refuse_existing(path: str | Path, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` when ``path`` exists and may not be replaced; callers use it
+    to fail before any expensive work, :func:`atomic_output` again at the moment of writing."""
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
 @contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds,
     delete it when the block raises."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:

@@ -22,6 +22,7 @@ from lnassist.detector.grid import Grid
 from lnassist.detector.infer import detect_slide, detection_to_json
 from lnassist.detector.model import CPU, build_detector, load_checkpoint, save_checkpoint
 from lnassist.detector.train import TrainConfig, train_from_manifest
+from lnassist.fileio import OutputExistsError
 from lnassist.slide import DETECTOR_MPP, open_slide, polygon_mask
 
 SMALL = replace(CPU, decoder_channels=32)
@@ -133,7 +134,7 @@ def test_train_from_manifest_writes_a_checkpoint_with_metadata(dataset, tmp_path
     assert saved["train_config"]["iterations"] == 2 and saved["n_train_slides"] == 1
     assert saved["val_report"]["n_slides"] == 1
     assert model.config == SMALL
-    with pytest.raises(DetectorError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         train_from_manifest(manifest, out, SMALL, TWO_ITERATIONS)
 
 
@@ -158,7 +159,7 @@ def test_commands(dataset, tmp_path, capsys):
     assert detections["format"] == "lnassist-detections/1" and detections["weights"] == str(weights)
     assert detections["detector_grid_px"] == [250, 188] and detections["base_mpp"] == pytest.approx(0.46)
     assert mask_png.stat().st_size > 0
-    with pytest.raises(DetectorError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         _run(argv)
 
     report = tmp_path / "report.json"

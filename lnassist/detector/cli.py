@@ -13,7 +13,7 @@ from lnassist.detector import DetectorError
 from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from lnassist.detector.model import PRESETS
 from lnassist.detector.postprocess import MIN_COMPONENT_PX
-from lnassist.fileio import write_text_atomic
+from lnassist.fileio import refuse_existing, write_text_atomic
 
 
 def _positive_int(text: str) -> int:
@@ -70,8 +70,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from lnassist.slide import open_slide
 
     _set_threads(args.threads)
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        raise DetectorError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.out is not None:
+        refuse_existing(args.out, args.overwrite)
     model, _ = load_checkpoint(args.weights)
     model.to(args.device)
     slide = open_slide(args.slide, mpp=args.mpp)
@@ -116,8 +116,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from lnassist.detector.model import load_checkpoint
 
     _set_threads(args.threads)
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        raise DetectorError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.out is not None:
+        refuse_existing(args.out, args.overwrite)
     model, metadata = load_checkpoint(args.weights)
     model.to(args.device)
     report = evaluate_manifest(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lnassist.detector import DetectorError
 from lnassist.detector.data import SlideSample, load_samples
 from lnassist.detector.model import DetectorConfig, LNDetector, build_detector, save_checkpoint, to_tensor
+from lnassist.fileio import refuse_existing
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,7 @@ def train_from_manifest(
     from lnassist.detector.evaluate import evaluate_samples
 
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise DetectorError(f"{out_path} already exists; pass --overwrite to replace it")
+    refuse_existing(out_path, overwrite)
     model_config.validate()
     config.validate()
     samples = load_samples(manifest_path, ("train",), model_config.mpp)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lnassist.categories import CATEGORIES, ITC, MACRO, MICRO, NEGATIVE, NEGATIVE_MIMIC
-from lnassist.fileio import OutputExistsError, write_text_atomic
+from lnassist.fileio import refuse_existing, write_text_atomic
 from lnassist.synth import SynthError
 from lnassist.synth.generate import gt_path_for, write_slide
 from lnassist.synth.layout import DEFAULT_MIX, LayoutConfig
@@ -109,8 +109,7 @@ def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2, ove
     cfg.validate()
     out = Path(out_dir)
     manifest = out / MANIFEST_NAME
-    if manifest.exists() and not overwrite:
-        raise OutputExistsError(f"{manifest} already exists; pass --overwrite to rebuild the data set")
+    refuse_existing(manifest, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for split_index, (split, sc) in enumerate(cfg.splits().items()):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lnassist.categories import category_of_extent
-from lnassist.fileio import OutputExistsError, atomic_output, write_text_atomic
+from lnassist.fileio import atomic_output, refuse_existing, write_text_atomic
 from lnassist.synth import layout as L
 from lnassist.synth.render import render_region
 from lnassist.synth.stain import site_to_dict
@@ -101,8 +101,7 @@ def write_slide(
     layout = L.build_layout(cfg)
     tiff_path = Path(tiff_path)
     gt_path = gt_path_for(tiff_path)
-    if not overwrite and gt_path.exists():
-        raise OutputExistsError(f"{gt_path} already exists; pass --overwrite to replace it")
+    refuse_existing(gt_path, overwrite)
     with atomic_output(tiff_path, overwrite=overwrite) as tmp_tiff:
         shapes = write_pyramid(
             tmp_tiff,
