@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 
+from lnassist.slide import polygon_mask
 from lnassist.synth import SynthError, noise, sprites
 from lnassist.synth import layout as L
 from lnassist.synth.stain import concentrations_to_rgb
@@ -87,7 +88,7 @@ def _check_window(x0: int, y0: int, w: int, h: int) -> None:
 def fill_polygon(out: np.ndarray, polygon: np.ndarray, x0: int, y0: int, value: int) -> None:
     """Set pixels of ``out`` (window at global x0, y0) whose centres are inside ``polygon`` (even-odd).
 
-    Scanline crossings are computed from global coordinates only, so every window rasterises a
+    The slide module's rasteriser depends only on global pixel centres, so every window rasterises a
     polygon identically where windows overlap (cv2.fillPoly is not exactly translation-invariant).
     """
     h, w = out.shape
@@ -96,21 +97,7 @@ def fill_polygon(out: np.ndarray, polygon: np.ndarray, x0: int, y0: int, value: 
     r0, r1 = max(int(np.floor(lo[1])) - y0, 0), min(int(np.ceil(hi[1])) + 1 - y0, h)
     if c1 <= c0 or r1 <= r0:
         return
-    ys = (y0 + 0.5) + np.arange(r0, r1, dtype=np.float64)
-    xa, ya = polygon[:, 0], polygon[:, 1]
-    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
-    span = (np.maximum(ya, yb) > ys[0]) & (np.minimum(ya, yb) <= ys[-1]) & (ya != yb)
-    xa, ya, xb, yb = xa[span], ya[span], xb[span], yb[span]
-    if len(xa) == 0:
-        return
-    above_a = ya[None, :] <= ys[:, None]
-    cross = above_a != (yb[None, :] <= ys[:, None])
-    rows, edges = np.nonzero(cross)
-    xint = xa[edges] + (ys[rows] - ya[edges]) * (xb[edges] - xa[edges]) / (yb[edges] - ya[edges])
-    col = np.clip(np.floor(xint - 0.5).astype(np.int64) + 1 - x0 - c0, 0, c1 - c0)
-    toggles = np.zeros((r1 - r0, c1 - c0 + 1), dtype=np.uint8)
-    np.add.at(toggles, (rows, col), 1)
-    inside = (np.cumsum(toggles[:, : c1 - c0], axis=1, dtype=np.uint8) & 1).astype(bool)
+    inside = polygon_mask(polygon, x0 + c0, y0 + r0, c1 - c0, r1 - r0, mpp=1.0, base_mpp=1.0)
     out[r0:r1, c0:c1][inside] = value
 
 
