@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -158,9 +159,16 @@ def test_commands(dataset, tmp_path, capsys):
     detections = json.loads(out.read_text())
     assert detections["format"] == "lnassist-detections/1" and detections["weights"] == str(weights)
     assert detections["detector_grid_px"] == [250, 188] and detections["base_mpp"] == pytest.approx(0.46)
-    assert mask_png.stat().st_size > 0
+    mask = cv2.imread(str(mask_png), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (188, 250) and set(np.unique(mask)) <= {0, 255}
     with pytest.raises(OutputExistsError, match="already exists"):
         _run(argv)
+    # An existing mask PNG is refused before anything runs: no new JSON, the old mask untouched.
+    before = mask_png.read_bytes()
+    other_out = tmp_path / "other.json"
+    with pytest.raises(OutputExistsError, match="mask.png already exists"):
+        _run([*argv[:4], "--out", str(other_out), *argv[6:]])
+    assert not other_out.exists() and mask_png.read_bytes() == before
 
     report = tmp_path / "report.json"
     assert _run(["evaluate-detector", str(manifest), "--weights", str(weights), "--split", "val",

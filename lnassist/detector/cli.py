@@ -13,7 +13,7 @@ from lnassist.detector import DetectorError
 from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from lnassist.detector.model import PRESETS
 from lnassist.detector.postprocess import MIN_COMPONENT_PX
-from lnassist.fileio import refuse_existing, write_text_atomic
+from lnassist.fileio import atomic_output, refuse_existing, write_text_atomic
 
 
 def _positive_int(text: str) -> int:
@@ -42,6 +42,18 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _load_for_inference(args: argparse.Namespace, outputs: tuple[Path | None, ...]) -> tuple[Any, dict]:
+    """Threads, an early refusal of existing outputs (before any compute), the checkpoint on the device."""
+    from lnassist.detector.model import load_checkpoint
+
+    _set_threads(args.threads)
+    for out in outputs:
+        if out is not None:
+            refuse_existing(out, args.overwrite)
+    model, metadata = load_checkpoint(args.weights)
+    return model.to(args.device), metadata
+
+
 def _write_json(report: dict[str, Any], out: Path | None, overwrite: bool) -> None:
     text = json.dumps(report, indent=1)
     if out is None:
@@ -66,14 +78,9 @@ def run_detect(args: argparse.Namespace) -> int:
     import cv2
 
     from lnassist.detector.infer import detect_slide, detection_to_json
-    from lnassist.detector.model import load_checkpoint
     from lnassist.slide import open_slide
 
-    _set_threads(args.threads)
-    if args.out is not None:
-        refuse_existing(args.out, args.overwrite)
-    model, _ = load_checkpoint(args.weights)
-    model.to(args.device)
+    model, _ = _load_for_inference(args, (args.out, args.mask_png))
     slide = open_slide(args.slide, mpp=args.mpp)
     detection = detect_slide(
         slide, model, args.tile_px, args.overlap_px, args.min_component_px, model.config.mpp
@@ -82,9 +89,12 @@ def run_detect(args: argparse.Namespace) -> int:
         detection, slide=str(slide.path), base_mpp=slide.base_mpp, detector_mpp=model.config.mpp,
         weights=str(args.weights),
     )
-    mask_255 = detection.cleaned_mask.astype("uint8") * 255
-    if args.mask_png is not None and not cv2.imwrite(str(args.mask_png), mask_255):
-        raise DetectorError(f"{args.mask_png}: could not write the mask PNG")
+    if args.mask_png is not None:
+        encoded, png = cv2.imencode(".png", detection.cleaned_mask.astype("uint8") * 255)
+        if not encoded:
+            raise DetectorError(f"{args.mask_png}: could not encode the mask PNG")
+        with atomic_output(args.mask_png, overwrite=args.overwrite) as tmp:
+            tmp.write_bytes(png.tobytes())
     _write_json(report, args.out, args.overwrite)
     return 0
 
@@ -113,13 +123,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from lnassist.detector.evaluate import evaluate_manifest
-    from lnassist.detector.model import load_checkpoint
 
-    _set_threads(args.threads)
-    if args.out is not None:
-        refuse_existing(args.out, args.overwrite)
-    model, metadata = load_checkpoint(args.weights)
-    model.to(args.device)
+    model, metadata = _load_for_inference(args, (args.out,))
     report = evaluate_manifest(
         args.manifest, model, args.split, model.config.mpp,
         args.tile_px, args.overlap_px, args.min_component_px,
