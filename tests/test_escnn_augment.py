@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import structural_similarity
+from source_helpers import stitch
 
 from lnassist.escnn import augment
 from lnassist.escnn.augment import (
@@ -63,19 +64,6 @@ class CountingSource:
     def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
         self.windows.append((y0, x0, h, w))
         return self.source.read(y0, x0, h, w)
-
-
-def stitch(source, tile_px: int) -> np.ndarray:
-    """The whole canvas of ``source`` assembled from tile_px windows (the last ones truncated)."""
-    out = np.full((source.height, source.width, 3), WHITE, dtype=np.uint8)
-    for y0 in range(0, source.height, tile_px):
-        for x0 in range(0, source.width, tile_px):
-            h, w = min(tile_px, source.height - y0), min(tile_px, source.width - x0)
-            window = source.read(y0, x0, h, w)
-            if window is not None:
-                assert window.shape == (h, w, 3) and window.dtype == np.uint8
-                out[y0 : y0 + h, x0 : x0 + w] = window
-    return out
 
 
 def whole_image_warp(image: np.ndarray, params: AugmentParams) -> np.ndarray:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from matplotlib.path import Path as PolygonPath
+from source_helpers import stitch
 
 from lnassist.escnn.augment import AugmentConfig, AugmentedSource, draw_params
 from lnassist.escnn.sources import SlideRegionSource, SourceError
@@ -43,17 +44,6 @@ class FakeSlide:
 def textured_base(height: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(20, 230, (height, width, 3), dtype=np.uint8)
-
-
-def stitch(source, tile_px: int) -> np.ndarray:
-    out = np.full((source.height, source.width, 3), WHITE, dtype=np.uint8)
-    for y0 in range(0, source.height, tile_px):
-        for x0 in range(0, source.width, tile_px):
-            h, w = min(tile_px, source.height - y0), min(tile_px, source.width - x0)
-            window = source.read(y0, x0, h, w)
-            if window is not None:
-                out[y0 : y0 + h, x0 : x0 + w] = window
-    return out
 
 
 # A diamond: its bounding box's corners are far outside it.
