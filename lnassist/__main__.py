@@ -11,7 +11,14 @@ from lnassist import __version__
 from lnassist.errors import LnassistError
 
 # Modules exposing ``add_cli(subparsers)``; each registers its own subcommands.
-CLI_MODULES = ("lnassist.slide", "lnassist.synth.cli", "lnassist.detector.cli", "lnassist.demo")
+CLI_MODULES = (
+    "lnassist.slide",
+    "lnassist.synth.cli",
+    "lnassist.detector.cli",
+    "lnassist.training.cli",
+    "lnassist.evaluate",
+    "lnassist.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

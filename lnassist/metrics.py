@@ -360,7 +360,8 @@ def evaluate(records: Iterable[LNRecord | Mapping[str, Any]], *,
 
     Keys: "conventions", "ln" -> {"all", "micro", "itc"} and "slide" -> {"all"}, each with counts, DeLong
     AUC + CI and metrics at every threshold. A subset with fewer than 2 positives is reported with a
-    "skipped" reason instead of statistics; the full LN and slide sets must have both classes (>= 2 each).
+    "skipped" reason instead of statistics, and so is the slide level with fewer than 2 slides of a class;
+    the full LN set must have both classes (>= 2 each).
     """
     recs = [r if isinstance(r, LNRecord) else LNRecord.from_mapping(r) for r in records]
     if not recs:
@@ -387,6 +388,12 @@ def evaluate(records: Iterable[LNRecord | Mapping[str, Any]], *,
         else:
             ln[subset] = run(labels[mask], scores[mask])
     _, slide_labels, slide_scores = slide_level([r.slide_id for r in recs], labels, scores)
+    n_pos_slides, n_neg_slides = int(slide_labels.sum()), int((~slide_labels).sum())
+    if min(n_pos_slides, n_neg_slides) < 2:
+        slide = {"n_positive": n_pos_slides, "n_negative": n_neg_slides,
+                 "skipped": "fewer than 2 positive or 2 negative slides; DeLong variance undefined"}
+    else:
+        slide = run(slide_labels, slide_scores)
     return {
         "conventions": {
             "positive_call": "score >= threshold",
@@ -401,7 +408,7 @@ def evaluate(records: Iterable[LNRecord | Mapping[str, Any]], *,
         },
         "category_counts": {c: cats.count(c) for c in CATEGORIES},
         "ln": ln,
-        "slide": {"all": run(slide_labels, slide_scores)},
+        "slide": {"all": slide},
     }
 
 

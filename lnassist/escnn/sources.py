@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,7 +111,9 @@ class _LruCache:
 class SlideRegionSource:
     """One LN of a slide: the bounding box of ``polygon_base_px`` as a canvas at about ``mpp``.
 
-    Pixels outside the polygon are white. The canvas is read from the slide in square chunks of
+    Pixels outside the polygon are white. ``polygon_base_px`` may also be a list of polygons (all
+    LNs of a slide, for slide-level training): the canvas is their common bounding box and a pixel
+    is kept when it lies inside any of them. The canvas is read from the slide in square chunks of
     ``chunk_base_px`` base pixels, each resampled by the slide to ``chunk_px`` canvas pixels. A
     pixel's value therefore depends only on its chunk, never on the window that reads it: windows
     overlapping each other (streaming tiles, their recomputation, augmentation windows) agree
@@ -126,22 +129,35 @@ class SlideRegionSource:
     def __init__(
         self,
         slide: SlideLike,
-        polygon_base_px: np.ndarray,
+        polygon_base_px: np.ndarray | Sequence[np.ndarray],
         mpp: float = CLASSIFIER_MPP,
         chunk_px: int = 512,
         cache_chunks: int = 128,
     ) -> None:
-        polygon = np.asarray(polygon_base_px, dtype=np.float64)
-        if polygon.ndim != 2 or polygon.shape[1] != 2 or len(polygon) < 3 or not np.isfinite(polygon).all():
-            raise SourceError(
-                f"a polygon is an (N >= 3, 2) array of finite base-px x, y; got {polygon.shape}"
-            )
+        several = (
+            isinstance(polygon_base_px, list | tuple)
+            and len(polygon_base_px) > 0
+            and all(np.ndim(p) == 2 for p in polygon_base_px)
+        )
+        self.polygons_base_px = [
+            np.asarray(p, dtype=np.float64) for p in (polygon_base_px if several else [polygon_base_px])
+        ]
+        for polygon in self.polygons_base_px:
+            if (
+                polygon.ndim != 2
+                or polygon.shape[1] != 2
+                or len(polygon) < 3
+                or not np.isfinite(polygon).all()
+            ):
+                raise SourceError(
+                    f"a polygon is an (N >= 3, 2) array of finite base-px x, y; got {polygon.shape}"
+                )
+        polygon = np.concatenate(self.polygons_base_px)
         if not (math.isfinite(mpp) and mpp > 0):
             raise SourceError(f"mpp must be a positive number of um/px, got {mpp!r}")
         if chunk_px < 1 or cache_chunks < 1:
             raise SourceError(f"chunk_px and cache_chunks must be >= 1, got {chunk_px}, {cache_chunks}")
         self.slide = slide
-        self.polygon_base_px = polygon
         self.mpp = float(mpp)
         base_mpp = float(slide.base_mpp)
         self.chunk_base_px = max(1, round(chunk_px * self.mpp / base_mpp))
@@ -167,9 +183,11 @@ class SlideRegionSource:
         def compute() -> np.ndarray:
             left, top = self._chunk_origin_base_px(row, col)
             size = self.chunk_px
-            mask = polygon_mask(
-                self.polygon_base_px, left, top, size, size, self.canvas_mpp, base_mpp=self.slide.base_mpp
-            )
+            mask = np.zeros((size, size), dtype=bool)
+            for polygon in self.polygons_base_px:
+                mask |= polygon_mask(
+                    polygon, left, top, size, size, self.canvas_mpp, base_mpp=self.slide.base_mpp
+                )
             # The outline may touch the pixel just past the bounding box; the canvas ends before it.
             mask[max(0, self.height - row * size) :, :] = False
             mask[:, max(0, self.width - col * size) :] = False
