@@ -17,6 +17,8 @@ CLI_MODULES = (
     "lnassist.detector.cli",
     "lnassist.training.cli",
     "lnassist.evaluate",
+    "lnassist.registry",
+    "lnassist.pipeline",
     "lnassist.demo",
 )
 

@@ -296,3 +296,19 @@ def test_torchrun_two_processes_equal_one_process_batch_of_two(manifest: Path, t
     init = new_classifier(cfg.spec(), cfg.seed).model.state_dict()
     moved = sum(not torch.allclose(init[k], v) for k, v in single["classifier"]["state_dict"].items())
     assert moved > len(init) // 2
+
+
+def test_slide_mode_trains_on_another_label_field(manifest: Path, tmp_path: Path) -> None:
+    """One image per slide, labelled from an annotator's field (train_b called negative by them)."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows:
+        r["annotator"] = 0 if r["slide_id"] == "train_b" else r["label"]
+    other = manifest.parent / "annotated.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    images = images_from_manifest(other, "train", "slide", "annotator")
+    assert [(im.slide_id, im.label) for im in images] == [("train_a", 1), ("train_b", 0)]
+    cfg = replace(FAST, label_mode="slide", label_field="annotator", max_epochs=1)
+    summary = train_classifier(cfg, other, tmp_path / "slide", progress=False)
+    assert summary["epochs"] == 1
+    with pytest.raises(TrainingError, match="needs negative and positive images"):
+        train_classifier(replace(cfg, label_field="label"), other, tmp_path / "slide2", progress=False)

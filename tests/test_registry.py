@@ -1,0 +1,77 @@
+"""Model registry: lookup, defaults, checksums, clear errors; the shipped registry itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lnassist.classifier import ClassifierSpec, load_classifier, new_classifier, save_classifier
+from lnassist.registry import (
+    ModelEntry,
+    RegistryError,
+    load_registry,
+    models_dir,
+    register,
+    resolve,
+    sha256_of,
+)
+
+
+def _add_classifier(folder: Path, model_id: str, seed: int) -> ModelEntry:
+    save_classifier(folder / f"{model_id}.pt", new_classifier(ClassifierSpec(backbone="tiny"), seed))
+    entry = ModelEntry(model_id, "classifier", f"{model_id}.pt", sha256_of(folder / f"{model_id}.pt"), "1")
+    register(entry, folder)
+    return entry
+
+
+def test_register_resolve_and_defaults(tmp_path: Path) -> None:
+    _add_classifier(tmp_path, "c1", 1)
+    _add_classifier(tmp_path, "c2", 2)
+    registry = load_registry(tmp_path)
+    assert registry.defaults == {"classifier": "c2"}
+    path, entry = resolve("classifier", folder=tmp_path)
+    assert entry.id == "c2" and path == tmp_path / "c2.pt"
+    path, entry = resolve("classifier", "c1", folder=tmp_path)
+    assert load_classifier(path).spec.backbone == "tiny"
+    with pytest.raises(RegistryError, match=r"no classifier 'c3'.*known: c1, c2"):
+        resolve("classifier", "c3", folder=tmp_path)
+    with pytest.raises(RegistryError, match="names no default detector"):
+        resolve("detector", folder=tmp_path)
+    with pytest.raises(RegistryError, match="is a classifier, not a detector"):
+        resolve("detector", "c1", folder=tmp_path)
+    local = tmp_path / "c1.pt"
+    assert resolve("classifier", str(local), folder=tmp_path)[1].version == "local"
+
+
+def test_corrupt_or_missing_model_files_are_refused(tmp_path: Path) -> None:
+    _add_classifier(tmp_path, "c1", 1)
+    data = bytearray((tmp_path / "c1.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "c1.pt").write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="corrupt or was replaced"):
+        resolve("classifier", folder=tmp_path)
+    (tmp_path / "c1.pt").unlink()
+    with pytest.raises(RegistryError, match="is missing"):
+        resolve("classifier", folder=tmp_path)
+    (tmp_path / "registry.json").write_text("{not json")
+    with pytest.raises(RegistryError, match="cannot read model registry"):
+        load_registry(tmp_path)
+    with pytest.raises(RegistryError, match="no model registry"):
+        load_registry(tmp_path / "nowhere")
+    with pytest.raises(RegistryError, match="cannot read model registry"):
+        register(ModelEntry("x", "classifier", "x.pt", "0", "1"), tmp_path)
+
+
+def test_shipped_registry_is_consistent() -> None:
+    """Every shipped model file exists, matches its sha256, loads, is under 15 MB and has a card."""
+    registry = load_registry(models_dir())
+    assert set(registry.defaults) == {"detector", "classifier"}
+    for entry in registry.models:
+        path, _ = resolve(entry.kind, entry.id)
+        assert path.stat().st_size < 15 * 1024 * 1024, entry.id
+        card = models_dir() / entry.card
+        assert entry.sha256 in card.read_text(), f"{entry.card} must quote the file's sha256"
+        raw = json.loads((models_dir() / "registry.json").read_text())
+        assert raw["format"] == "lnassist-model-registry/1"
