@@ -157,9 +157,30 @@ def classify_lns(
     return results
 
 
-def analyze(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | None = None) -> Analysis:
-    """Run the whole analysis on one slide (see the module docstring)."""
-    from lnassist.classifier import load_classifier
+@dataclass
+class Detection:
+    """The detection stage's result: LN contours (base-level pixels) of a slide, inside the region."""
+
+    slide: Any
+    contours_base_px: list[np.ndarray]
+    region_base_px: tuple[int, int, int, int] | None
+    model: ModelRef
+    timings_s: dict[str, float]
+
+
+def region_mask(region_base_px: tuple[int, int, int, int], grid: Any) -> np.ndarray:
+    """The detector pixels touched by the base-pixel rectangle (x, y, w, h)."""
+    x, y, w, h = region_base_px
+    sx, sy = grid.base_px_per_px
+    keep = np.zeros((grid.height_px, grid.width_px), dtype=bool)
+    keep[math.floor(y / sy) : math.ceil((y + h) / sy), math.floor(x / sx) : math.ceil((x + w) / sx)] = True
+    return keep
+
+
+def detect(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | None = None) -> Detection:
+    """Stage 1: the slide at the detector's resolution -> the paper's post-processing -> LN contours.
+
+    A region restricts the predicted mask before post-processing, so LNs are cut at its border."""
     from lnassist.detector.grid import Grid
     from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, predict_logits
     from lnassist.detector.model import load_checkpoint
@@ -171,12 +192,9 @@ def analyze(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | No
     t0 = time.perf_counter()
     slide = open_slide(slide_path, cfg.base_mpp)
     region = clip_region(cfg.region_base_px, slide.width_px, slide.height_px)
-    det_path, det_entry = resolve("detector", cfg.detector)
-    cls_path, cls_entry = resolve("classifier", cfg.classifier)
-    detector, _ = load_checkpoint(det_path)
-    classifier = load_classifier(cls_path, cfg.device)
+    path, entry = resolve("detector", cfg.detector)
+    detector, _ = load_checkpoint(path)
     timings["load"] = time.perf_counter() - t0
-
     if progress:
         progress("detect", 0.0, "reading the slide at the detector's resolution")
     t0 = time.perf_counter()
@@ -186,26 +204,49 @@ def analyze(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | No
     t0 = time.perf_counter()
     mask = predict_logits(detector.to(cfg.device), image, DEFAULT_TILE_PX, DEFAULT_OVERLAP_PX) > 0
     if region is not None:
-        x, y, w, h = region
-        sx, sy = grid.base_px_per_px
-        keep = np.zeros_like(mask)
-        keep[math.floor(y / sy) : math.ceil((y + h) / sy), math.floor(x / sx) : math.ceil((x + w) / sx)] = (
-            True
-        )
-        mask &= keep
+        mask &= region_mask(region, grid)
     contours, _ = mask_to_contours(mask, grid)
     timings["detect"] = time.perf_counter() - t0
     if progress:
         progress("detect", 1.0, f"{len(contours)} LN(s) found")
+    model = ModelRef(entry.id, entry.kind, entry.version, entry.sha256)
+    return Detection(slide, contours, region, model, timings)
 
+
+def classify(
+    slide: Any,
+    contours_base_px: list[np.ndarray],
+    cfg: AnalysisConfig,
+    progress: Progress | None = None,
+    detection: Detection | None = None,
+) -> Analysis:
+    """Stage 2: score LN contours (the detector's, or given ones such as a pathologist's corrections)."""
+    from lnassist.classifier import load_classifier
+    from lnassist.registry import resolve
+
+    for number, contour in enumerate(contours_base_px, start=1):
+        (x0, y0), (x1, y1) = np.min(contour, axis=0), np.max(contour, axis=0)
+        if x1 <= 0 or y1 <= 0 or x0 >= slide.width_px or y0 >= slide.height_px:
+            raise PipelineError(
+                f"LN contour {number} ({x0:.0f}..{x1:.0f} x {y0:.0f}..{y1:.0f}) lies outside the "
+                f"{slide.width_px} x {slide.height_px} px slide: is it from another slide?"
+            )
+    timings = dict(detection.timings_s) if detection else {}
+    t0 = time.perf_counter()
+    path, entry = resolve("classifier", cfg.classifier)
+    classifier = load_classifier(path, cfg.device)
+    timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
     threshold = cfg.effective_threshold
-    lns = classify_lns(slide, contours, classifier, threshold, cfg.cam, cfg.tile_px, progress)
+    lns = classify_lns(slide, contours_base_px, classifier, threshold, cfg.cam, cfg.tile_px, progress)
     timings["classify"] = time.perf_counter() - t0
+    region = detection.region_base_px if detection else None
     message = "" if lns else "no lymph node was found" + (" in the region" if region else " on the slide")
-    models = [ModelRef(e.id, e.kind, e.version, e.sha256) for e in (det_entry, cls_entry)]
+    models = ([detection.model] if detection else []) + [
+        ModelRef(entry.id, entry.kind, entry.version, entry.sha256)
+    ]
     return Analysis(
-        str(slide_path),
+        str(slide.path),
         slide.base_mpp,
         (slide.width_px, slide.height_px),
         region,
@@ -216,6 +257,12 @@ def analyze(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | No
         {k: round(v, 3) for k, v in timings.items()},
         message,
     )
+
+
+def analyze(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | None = None) -> Analysis:
+    """Run the whole analysis on one slide (see the module docstring)."""
+    detection = detect(slide_path, cfg, progress)
+    return classify(detection.slide, detection.contours_base_px, cfg, progress, detection)
 
 
 # ------------------------------------------------------------------------------------ local use

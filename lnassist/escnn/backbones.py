@@ -107,6 +107,11 @@ def _tiny_trunk() -> nn.Sequential:
         nn.MaxPool2d(3, stride=2, padding=1),
         *block(32, 64, 3, 1),
     ]
+    # He initialisation, as torchvision's ResNets: PyTorch's default conv init shrinks activations layer
+    # by layer, which left the max-pooled features near zero and training from scratch stalled.
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(*layers)
 
 

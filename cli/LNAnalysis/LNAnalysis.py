@@ -1,0 +1,46 @@
+"""Slicer CLI "Run LN analysis": slide -> LN outlines with metastasis scores, heatmaps, item metadata.
+
+Detection and classification are :func:`lnassist.pipeline.analyze`; the outputs are its
+documents (:func:`lnassist.pipeline.analysis_documents`). Parameters: ``LNAnalysis.xml``.
+"""
+
+import argparse
+import sys
+
+from lnassist.cli_support import (
+    ANALYSIS_OUTPUTS,
+    SlicerProgress,
+    analysis_config,
+    cli_parameters,
+    requested_outputs,
+    run_cli,
+    write_analysis,
+)
+
+STAGES = (
+    ("detect", "finding the lymph nodes", 0.2),
+    ("classify", "scoring each lymph node", 0.75),
+    ("write", "writing the outputs", 0.05),
+)
+
+
+def main(args: argparse.Namespace, cli_name: str) -> None:
+    from lnassist.pipeline import analyze
+
+    outputs = requested_outputs(args, ANALYSIS_OUTPUTS)
+    cfg = analysis_config(args)
+    progress = SlicerProgress(STAGES)
+    progress("detect", 0.0, f"opening {args.inputImageFile} and loading the models")
+    analysis = analyze(args.inputImageFile, cfg, progress)
+    write_analysis(
+        analysis,
+        outputs,
+        cli_name=cli_name,
+        parameters=cli_parameters(args),
+        contours_from="detector",
+        progress=progress,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(__file__, main))

@@ -1,0 +1,47 @@
+"""Slicer CLI "Classify LNs": score the LN outlines of an annotation (e.g. corrected by a pathologist).
+
+Every closed polyline of the input annotation is one LN; the outputs are those of
+``LNAnalysis`` for these LNs. Parameters: ``LNClassify.xml``.
+"""
+
+import argparse
+import sys
+
+from lnassist.cli_support import (
+    ANALYSIS_OUTPUTS,
+    SlicerProgress,
+    analysis_config,
+    cli_parameters,
+    read_annotation_contours,
+    requested_outputs,
+    run_cli,
+    write_analysis,
+)
+from lnassist.pipeline import classify
+from lnassist.slide import open_slide
+
+STAGES = (
+    ("classify", "scoring each lymph node", 0.95),
+    ("write", "writing the outputs", 0.05),
+)
+
+
+def main(args: argparse.Namespace, cli_name: str) -> None:
+    outputs = requested_outputs(args, ANALYSIS_OUTPUTS)
+    contours = read_annotation_contours(args.inputAnnotationFile)
+    cfg = analysis_config(args)
+    progress = SlicerProgress(STAGES)
+    progress("classify", 0.0, f"{len(contours)} LN outline(s) from {args.inputAnnotationFile}")
+    analysis = classify(open_slide(args.inputImageFile, cfg.base_mpp), contours, cfg, progress)
+    write_analysis(
+        analysis,
+        outputs,
+        cli_name=cli_name,
+        parameters=cli_parameters(args),
+        contours_from="annotation",
+        progress=progress,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(__file__, main))

@@ -1,0 +1,334 @@
+"""What the Slicer CLIs in ``cli/`` share: argument parsing, progress reporting, the two analysis
+steps they run on their own, and writing their outputs.
+
+The Digital Slide Archive runs each CLI in a container as ``python cli/Name/Name.py <args>`` with
+arguments generated from ``cli/Name/Name.xml`` (ctk_cli's ``CLIArgumentParser`` with
+slicer_cli_web's adjustments). Conventions of those XML files that this module relies on: the
+slide is ``inputImageFile``; ``mode``, ``threshold``, ``mpp``, ``detector``, ``classifier``,
+``analysisRegion``, ``device`` and ``threads`` mean the same in every CLI, with negative numbers
+and empty strings standing for "the default"; outputs are optional ``--flag`` files and at least
+one must be given; ``girderApiUrl`` / ``girderToken`` are filled in by the server and never
+printed or recorded.
+
+Progress goes to stdout in the Slicer execution-model protocol (``<filter-start>``,
+``<filter-progress>``, ``<filter-end>``), which slicer_cli_web turns into the job's progress bar;
+every other line on stdout/stderr lands in the job log. A user error (bad slide, region,
+annotation file, model) ends the run with a one-line message on stderr, exit code 2 and no output
+files: every output is written under a temporary name and renamed into place only after all of
+them have been written.
+
+Heavy modules (torch, large_image, the pipeline) are imported only when a CLI runs, so
+``--xml``, ``--help`` and the image's ``--list_cli`` self-tests answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from lnassist.errors import LnassistError
+
+if TYPE_CHECKING:
+    from lnassist.pipeline import Analysis, AnalysisConfig, Detection
+
+log = logging.getLogger(__name__)
+
+# Filled in by slicer_cli_web for the job; secret (the token) or deployment-specific: never recorded.
+GIRDER_PARAMETERS = ("girderApiUrl", "girderToken")
+DETECTOR_GROUP = "LN"
+DETECTOR_RGB = (37, 99, 235)
+ITEM_METADATA_PREFIX = "lnassist_"  # the default prefix of lnassist.annotations.summary_metadata
+
+
+class CliInputError(LnassistError):
+    """A CLI argument or input file that cannot be used (no outputs, bad annotation file, bad contour)."""
+
+
+# ------------------------------------------------------------------------------------ running a CLI
+
+
+def run_cli(script: str | Path, body: Callable[[argparse.Namespace, str], None]) -> int:
+    """Parse ``sys.argv`` with the script's XML (``Name.py`` -> ``Name.xml``) and call
+    ``body(args, cli_name)``; returns the exit code (2 and one line on stderr for a user error)."""
+    import slicer_cli_web.ctk_cli_adjustment  # noqa: F401  (teaches ctk_cli slicer_cli_web's XML extensions)
+    from ctk_cli import CLIArgumentParser
+
+    script = Path(script)
+    cli_name = script.stem
+    args = CLIArgumentParser(str(script.with_suffix(".xml"))).parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        print(f"{cli_name} parameters: {json.dumps(cli_parameters(args), sort_keys=True)}", flush=True)
+        body(args, cli_name)
+    except LnassistError as exc:
+        print(f"{cli_name}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def cli_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's arguments for the record (annotation attributes, job log), without the Girder ones."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in GIRDER_PARAMETERS}
+
+
+def requested_outputs(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
+    """{parameter name: path} of the output parameters that were given; at least one must be."""
+    outputs = {name: getattr(args, name) for name in names if getattr(args, name)}
+    if not outputs:
+        flags = ", ".join(f"--{name}" for name in names)
+        raise CliInputError(f"nothing to write: give at least one output ({flags})")
+    return outputs
+
+
+def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
+    """The pipeline configuration from the shared parameters; absent ones keep the library's defaults."""
+    from lnassist.pipeline import WHOLE_SLIDE, AnalysisConfig
+
+    threshold = getattr(args, "threshold", -1.0)
+    mpp = getattr(args, "mpp", -1.0)
+    return AnalysisConfig(
+        mode=getattr(args, "mode", "general"),
+        threshold=None if threshold < 0 else threshold,
+        detector=getattr(args, "detector", "") or None,
+        classifier=getattr(args, "classifier", "") or None,
+        base_mpp=None if mpp < 0 else mpp,
+        region_base_px=tuple(getattr(args, "analysisRegion", WHOLE_SLIDE)),
+        device=_device(args.device),
+    )
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliInputError("device cuda was asked for but this machine has no usable GPU")
+    return name
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+class SlicerProgress:
+    """A :data:`lnassist.pipeline.Progress` callback that writes the Slicer progress protocol.
+
+    ``stages`` are (name, comment, weight) in running order; a stage's fractions map onto its share
+    of the overall progress. The first call of a stage opens it (``<filter-start>`` with the
+    comment, which slicer_cli_web shows as the job's status), and so does the previous stage
+    reaching fraction 1; the next stage or :meth:`finish` closes it (``<filter-end>`` with its
+    time). Every call writes the overall fraction (``<filter-progress>``) and its message as a
+    plain log line.
+    """
+
+    def __init__(self, stages: Sequence[tuple[str, str, float]], stream: TextIO | None = None) -> None:
+        total = sum(weight for _, _, weight in stages)
+        self._stages: dict[str, tuple[str, float, float]] = {}
+        start = 0.0
+        for name, comment, weight in stages:
+            self._stages[name] = (comment, start / total, weight / total)
+            start += weight
+        self._stream = stream if stream is not None else sys.stdout
+        self._current: str | None = None
+        self._started_s = 0.0
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        _, start, share = self._stages[stage]
+        if stage != self._current:
+            self._open(stage)
+        fraction = min(max(fraction, 0.0), 1.0)
+        self._write(f"<filter-progress>{start + share * fraction:.4f}</filter-progress>")
+        if message:
+            self._write(f"{stage}: {message}")
+        names = list(self._stages)
+        if fraction == 1.0 and stage != names[-1]:
+            # The next stage starts now, not at its first report (classify_lns reports after each LN).
+            self._open(names[names.index(stage) + 1])
+
+    def finish(self) -> None:
+        """Close the open stage; the run is complete."""
+        self._write("<filter-progress>1.0000</filter-progress>")
+        self._close()
+
+    def _open(self, stage: str) -> None:
+        self._close()
+        comment = self._stages[stage][0]
+        self._write(
+            f"<filter-start><filter-name>{escape(stage)}</filter-name>"
+            f"<filter-comment>{escape(comment)}</filter-comment></filter-start>"
+        )
+        self._current, self._started_s = stage, time.perf_counter()
+
+    def _close(self) -> None:
+        if self._current is not None:
+            seconds = time.perf_counter() - self._started_s
+            self._write(
+                f"<filter-end><filter-name>{escape(self._current)}</filter-name>"
+                f"<filter-time>{seconds:.3f}</filter-time></filter-end>"
+            )
+            self._current = None
+
+    def _write(self, line: str) -> None:
+        print(line, file=self._stream, flush=True)
+
+
+# -------------------------------------------------------------------------------- detection only
+
+
+def contour_document(
+    detected: Detection, *, cli_name: str, parameters: Mapping[str, Any], name: str = "LN contours"
+) -> dict[str, Any]:
+    """The detector's contours as an annotation document for annotators: one closed polyline per
+    LN in group ``LN``, no scores; provenance in ``attributes``. Validated against the schema."""
+    from lnassist import __version__
+    from lnassist.annotations import LINE_WIDTH, rgb, simplify_contour, validate_document
+    from lnassist.pipeline import polygon_area_base_px2
+
+    elements = []
+    for number, contour in enumerate(detected.contours_base_px, start=1):
+        outline = simplify_contour(contour)
+        area_um2 = polygon_area_base_px2(np.asarray(contour, np.float64)) * detected.slide.base_mpp**2
+        elements.append(
+            {
+                "type": "polyline",
+                "closed": True,
+                "points": [[round(float(x), 1), round(float(y), 1), 0] for x, y in outline],
+                "group": DETECTOR_GROUP,
+                "label": {"value": f"LN {number}"},
+                "lineColor": rgb(DETECTOR_RGB),
+                "lineWidth": LINE_WIDTH,
+                "user": {"ln_id": number, "area_um2": round(area_um2, 1)},
+            }
+        )
+    model = detected.model
+    doc = {
+        "name": name,
+        "description": f"{len(elements)} LN contours from detector {model.id} (not classified)",
+        "display": {"visible": True},
+        "attributes": {
+            "counts": {"lns": len(elements)},
+            "models": [asdict(model)],
+            "cli": cli_name,
+            "lnassist_version": __version__,
+            "parameters": dict(parameters),
+            "timings_s": dict(detected.timings_s),
+        },
+        "elements": elements,
+    }
+    validate_document(doc)
+    return doc
+
+
+# --------------------------------------------------------------------------- given contours only
+
+
+def read_annotation_contours(path: str | Path) -> list[np.ndarray]:
+    """The closed polylines of an annotation file as (N, 2) float64 x, y contours in base pixels.
+
+    Accepted: one annotation document (``{"name", "elements": [...]}``), Girder's annotation record
+    around one (``{"_id", "annotation": {...}}``, as GET /annotation/{id} returns it), or a list of
+    either. Open polylines and other element types are ignored; holes are not used.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CliInputError(f"{path}: no such annotation file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliInputError(f"{path}: not a JSON annotation file ({type(exc).__name__}: {exc})") from exc
+    contours = []
+    for number, doc in enumerate(data if isinstance(data, list) else [data], start=1):
+        if isinstance(doc, dict) and isinstance(doc.get("annotation"), dict):
+            doc = doc["annotation"]
+        if not isinstance(doc, dict) or not isinstance(doc.get("elements"), list):
+            raise CliInputError(f"{path}: document {number} is not an annotation (no 'elements' list)")
+        for index, element in enumerate(doc["elements"]):
+            if isinstance(element, dict) and element.get("type") == "polyline" and element.get("closed"):
+                contours.append(_polyline_contour(element, f"{path}: document {number} element {index}"))
+    if not contours:
+        raise CliInputError(f"{path}: no closed polyline (LN contour) in the annotation")
+    return contours
+
+
+def _polyline_contour(element: Mapping[str, Any], where: str) -> np.ndarray:
+    from lnassist.pipeline import polygon_area_base_px2
+
+    points = element.get("points")
+    try:
+        contour = np.array([point[:2] for point in points], dtype=np.float64)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise CliInputError(f"{where}: points are not [x, y, z] numbers") from exc
+    if contour.ndim != 2 or contour.shape[1] != 2 or len(contour) < 3:
+        raise CliInputError(f"{where}: a closed polyline needs at least 3 [x, y, z] points")
+    if not np.isfinite(contour).all() or not polygon_area_base_px2(contour) > 0:
+        raise CliInputError(f"{where}: the polyline encloses no area")
+    return contour
+
+
+# ---------------------------------------------------------------------------------------- outputs
+
+ANALYSIS_OUTPUTS = ("outputAnnotationFile", "outputHeatmapAnnotationFile", "outputItemMetadata")
+
+
+def write_analysis(
+    analysis: Analysis,
+    outputs: Mapping[str, str],
+    *,
+    cli_name: str,
+    parameters: Mapping[str, Any],
+    contours_from: str,
+    progress: SlicerProgress,
+) -> None:
+    """Write the requested outputs of an analysis (``outputs``: {parameter in ANALYSIS_OUTPUTS:
+    path}) from :func:`lnassist.pipeline.analysis_documents`, and close the progress report.
+
+    ``contours_from`` ("detector", or "annotation" for contours given by a user) is recorded in the
+    item metadata; without a detector in ``analysis.models`` the detector keys are written empty, as
+    Girder merges item metadata and would otherwise keep a previous run's detector.
+    """
+    from lnassist.pipeline import analysis_documents
+
+    counts = analysis.counts
+    summary = (
+        f"{counts['lns']} LN(s), {counts['positive']} positive, {counts['negative']} negative at "
+        f"threshold {analysis.threshold:g} ({analysis.mode})"
+    )
+    progress("write", 0.0, summary + (f"; {analysis.message}" if analysis.message else ""))
+    ln_doc, heat_doc, metadata = analysis_documents(analysis, cli_name, parameters)
+    metadata[ITEM_METADATA_PREFIX + "contours"] = contours_from
+    for key in ("detector", "detector_version"):
+        metadata.setdefault(ITEM_METADATA_PREFIX + key, "")
+    documents = {
+        "outputAnnotationFile": ln_doc,
+        "outputHeatmapAnnotationFile": heat_doc,
+        "outputItemMetadata": metadata,
+    }
+    write_outputs({outputs[name]: documents[name] for name in outputs})
+    progress("write", 1.0, "wrote " + ", ".join(outputs.values()))
+    progress.finish()
+
+
+def write_outputs(documents: Mapping[str, Any]) -> None:
+    """Write each JSON document to its path, all or none: every file goes to a temporary name first
+    and the renames happen only once all of them are written (existing files are replaced)."""
+    from lnassist.fileio import atomic_output
+
+    with ExitStack() as stack:
+        for path, document in documents.items():
+            tmp = stack.enter_context(atomic_output(path, overwrite=True))
+            tmp.write_text(json.dumps(document, allow_nan=False) + "\n")
