@@ -1,8 +1,9 @@
 """``lnassist demo``: the project end to end on an embedded default, for a newcomer's first look.
 
-Today it generates a synthetic LN slide (every category present), reads it back through the slide
-I/O layer as any real slide would be read, and writes an overview PNG with the ground-truth LN
-contours. Later stages (detection, classification, DSA annotations) extend the same command.
+It generates a synthetic LN slide (every category present), writes an overview PNG with the
+ground-truth LN contours, then runs the LN analysis on it with the shipped models (detector,
+classifier, heatmaps) and writes what ``lnassist analyze`` writes: the DSA annotation documents,
+the summary and the overlay PNG. Each found LN is matched to the ground-truth node it lies on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from lnassist.categories import CATEGORIES
+from lnassist.pipeline import AnalysisConfig, analyze, write_local_outputs
 from lnassist.slide import DETECTOR_MPP, describe, open_slide
 
 DEMO_SIZE_PX = 12_000  # the smallest canvas that holds a macrometastatic node beside the others
@@ -70,6 +72,22 @@ def run_demo(out_dir: Path, seed: int, size_px: int) -> dict:
     slide = open_slide(slide_path)
     overview = out_dir / "demo-overview.png"
     overview_png(slide_path, truth, overview)
+    analysis = analyze(slide_path, AnalysisConfig())
+    outputs = write_local_outputs(
+        analysis, out_dir / "analysis", "lnassist demo", {"seed": seed}, overwrite=True
+    )
+    found = []
+    for ln in analysis.lns:
+        centre = ln.contour_base_px.mean(axis=0)
+        node = next((n for n in truth["nodes"] if _inside(centre, n["contour"])), None)
+        found.append(
+            {
+                "ln_id": ln.ln_id,
+                "score": round(ln.score, 4),
+                "positive": ln.positive,
+                "truth": node["category"] if node else None,
+            }
+        )
     return {
         "slide": describe(slide),
         "ground_truth_lns": [
@@ -77,14 +95,30 @@ def run_demo(out_dir: Path, seed: int, size_px: int) -> dict:
         ],
         "slide_label": truth["slide_label"],
         "generate_s": round(generated_s, 1),
-        "outputs": {"slide": str(slide_path), "overview_png": str(overview)},
+        "analysis": {
+            "counts": analysis.counts,
+            "threshold": analysis.threshold,
+            "lns": found,
+            "timings_s": analysis.timings_s,
+        },
+        "outputs": {
+            "slide": str(slide_path),
+            "overview_png": str(overview),
+            **{k: str(v) for k, v in outputs.items()},
+        },
     }
+
+
+def _inside(point: np.ndarray, contour: list) -> bool:
+    return (
+        cv2.pointPolygonTest(np.asarray(contour, np.float32), (float(point[0]), float(point[1])), False) >= 0
+    )
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="generate a synthetic LN slide, read it back and draw an overview",
+        help="generate a synthetic LN slide and run the LN analysis on it with the shipped models",
         description="Run lnassist end to end on an embedded default (a synthetic slide with every category).",
     )
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")

@@ -95,6 +95,17 @@ def clip_region(region_base_px: tuple[float, float, float, float], width: int, h
     return x0, y0, x1 - x0, y1 - y0
 
 
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    """``"x,y,width,height"`` (base pixels) as numbers, or :class:`PipelineError`."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise PipelineError(f"region must be x,y,width,height in base pixels, got {text!r}")
+    return values
+
+
 def cam_grid(cam: Any, source: Any, contour_base_px: np.ndarray) -> CamGrid:
     """A streamed CAM (canvas cells) as a base-pixel grid; cells whose centre is outside the LN are NaN."""
     from matplotlib.path import Path as PolygonPath
@@ -303,13 +314,9 @@ def analysis_documents(
 
 
 def run_analyze(args: Any) -> int:
-    import json
-
     import torch
 
-    from lnassist.fileio import refuse_existing, write_text_atomic
-    from lnassist.overlay import write_overlay_png
-    from lnassist.slide import open_slide
+    from lnassist.fileio import refuse_existing
 
     out = Path(args.out)
     paths = {k: out / v for k, v in OUTPUT_NAMES.items()}
@@ -317,7 +324,7 @@ def run_analyze(args: Any) -> int:
         refuse_existing(path, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
-    region = tuple(float(v) for v in args.region.split(",")) if args.region else WHOLE_SLIDE
+    region = parse_region(args.region) if args.region else WHOLE_SLIDE
     cfg = AnalysisConfig(
         mode=args.mode,
         threshold=args.threshold,
@@ -338,24 +345,7 @@ def run_analyze(args: Any) -> int:
         for k, v in vars(args).items()
         if k not in ("func", "overwrite", "verbose")
     }
-    ln_doc, heat_doc, metadata = analysis_documents(analysis, "lnassist analyze", parameters)
-    summary = {
-        "slide": analysis.slide_path,
-        "counts": analysis.counts,
-        "mode": analysis.mode,
-        "threshold": analysis.threshold,
-        "message": analysis.message,
-        "timings_s": analysis.timings_s,
-        "lns": [
-            {"ln_id": ln.ln_id, "score": ln.score, "positive": ln.positive, "area_um2": ln.area_um2}
-            for ln in analysis.lns
-        ],
-        "item_metadata": metadata,
-    }
-    write_text_atomic(paths["annotation"], json.dumps(ln_doc) + "\n", overwrite=args.overwrite)
-    write_text_atomic(paths["heatmap"], json.dumps(heat_doc) + "\n", overwrite=args.overwrite)
-    write_overlay_png(paths["overlay"], open_slide(args.slide, args.mpp), analysis, overwrite=args.overwrite)
-    write_text_atomic(paths["summary"], json.dumps(summary, indent=1) + "\n", overwrite=args.overwrite)
+    write_local_outputs(analysis, out, "lnassist analyze", parameters, args.overwrite)
     counts = analysis.counts
     print(
         f"{analysis.slide_path}: {counts['lns']} LN(s), {counts['positive']} positive, {counts['negative']} "
@@ -367,6 +357,45 @@ def run_analyze(args: Any) -> int:
     for path in paths.values():
         print(f"wrote {path}")
     return 0
+
+
+def analysis_summary(analysis: Analysis, item_metadata: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "slide": analysis.slide_path,
+        "counts": analysis.counts,
+        "mode": analysis.mode,
+        "threshold": analysis.threshold,
+        "message": analysis.message,
+        "timings_s": analysis.timings_s,
+        "lns": [
+            {"ln_id": ln.ln_id, "score": ln.score, "positive": ln.positive, "area_um2": ln.area_um2}
+            for ln in analysis.lns
+        ],
+        "item_metadata": item_metadata,
+    }
+
+
+def write_local_outputs(
+    analysis: Analysis, out: Path, cli_name: str, parameters: dict[str, Any], overwrite: bool = False
+) -> dict[str, Path]:
+    """Write the two annotation documents, the summary and the overlay PNG into ``out`` (names in
+    OUTPUT_NAMES); every document is built and validated before the first file is written."""
+    import json
+
+    from lnassist.fileio import write_text_atomic
+    from lnassist.overlay import write_overlay_png
+    from lnassist.slide import open_slide
+
+    paths = {k: Path(out) / v for k, v in OUTPUT_NAMES.items()}
+    ln_doc, heat_doc, metadata = analysis_documents(analysis, cli_name, parameters)
+    summary = analysis_summary(analysis, metadata)
+    write_text_atomic(paths["annotation"], json.dumps(ln_doc) + "\n", overwrite=overwrite)
+    write_text_atomic(paths["heatmap"], json.dumps(heat_doc) + "\n", overwrite=overwrite)
+    write_overlay_png(
+        paths["overlay"], open_slide(analysis.slide_path, analysis.base_mpp), analysis, overwrite
+    )
+    write_text_atomic(paths["summary"], json.dumps(summary, indent=1) + "\n", overwrite=overwrite)
+    return paths
 
 
 def add_cli(subparsers: Any) -> None:

@@ -1,10 +1,11 @@
-"""``lnassist demo`` end to end, as ``make demo`` runs it (slow: it writes a 12,000^2 px slide)."""
+"""``lnassist demo`` end to end as ``make demo`` runs it (slow: a 12,000^2 px slide, then its analysis)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -33,3 +34,12 @@ def test_demo_generates_reads_and_draws_a_slide(tmp_path):
     for category, bgr in CATEGORY_BGR.items():  # every LN outline is drawn in its category's colour
         drawn = np.all(overview == np.array(bgr, dtype=np.uint8), axis=-1).sum()
         assert drawn > 500, category
+
+    # The analysis with the shipped models: every node found once, the macrometastasis called positive.
+    analysis = summary["analysis"]
+    assert analysis["counts"]["lns"] == len(DEMO_CATEGORIES)
+    assert sorted(ln["truth"] for ln in analysis["lns"]) == sorted(DEMO_CATEGORIES)
+    macro = next(ln for ln in analysis["lns"] if ln["truth"] == "macro")
+    assert macro["positive"] and macro["score"] >= analysis["threshold"]
+    for key in ("annotation", "heatmap", "summary", "overlay"):
+        assert Path(summary["outputs"][key]).is_file(), key

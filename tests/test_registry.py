@@ -75,3 +75,30 @@ def test_shipped_registry_is_consistent() -> None:
         assert entry.sha256 in card.read_text(), f"{entry.card} must quote the file's sha256"
         raw = json.loads((models_dir() / "registry.json").read_text())
         assert raw["format"] == "lnassist-model-registry/1"
+
+
+def test_publish_writes_card_and_half_weights(tmp_path: Path) -> None:
+    import torch
+
+    from lnassist.detector.model import CPU, build_detector, load_checkpoint, save_checkpoint
+    from lnassist.registry import publish
+
+    src = tmp_path / "det.pt"
+    save_checkpoint(src, build_detector(CPU, seed=1), {"note": "trained somewhere"})
+    folder = tmp_path / "models"
+    folder.mkdir()
+    entry = publish(
+        "detector", src, "det-v1", "1", half=True, folder=folder, train_command="lnassist train-detector X"
+    )
+    shipped = folder / "det-v1.pt"
+    assert shipped.stat().st_size < 0.6 * src.stat().st_size
+    card = (folder / "det-v1.md").read_text()
+    assert entry.sha256 in card and "lnassist train-detector X" in card and "float16" in card
+    model, _ = load_checkpoint(shipped)
+    original, _ = load_checkpoint(src)
+    for key, value in original.state_dict().items():
+        got = model.state_dict()[key]
+        assert got.dtype == value.dtype
+        if value.is_floating_point():
+            assert torch.allclose(got, value, rtol=1e-3, atol=1e-4), key
+    assert resolve("detector", folder=folder)[1].id == "det-v1"
