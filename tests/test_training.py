@@ -312,3 +312,24 @@ def test_slide_mode_trains_on_another_label_field(manifest: Path, tmp_path: Path
     assert summary["epochs"] == 1
     with pytest.raises(TrainingError, match="needs negative and positive images"):
         train_classifier(replace(cfg, label_field="label"), other, tmp_path / "slide2", progress=False)
+
+
+def test_init_checkpoint_starts_from_given_weights(manifest: Path, tmp_path: Path) -> None:
+    from lnassist.classifier import ClassifierSpec, save_classifier
+
+    start = new_classifier(ClassifierSpec(backbone="tiny", mpp=1.84), seed=42)
+    save_classifier(tmp_path / "start.pt", start)
+    cfg = replace(FAST, max_epochs=1, init_checkpoint=str(tmp_path / "start.pt"), lr=1e-12, weight_decay=0.0)
+    train_classifier(cfg, manifest, tmp_path / "run", progress=False)
+    # With a vanishing lr the trained weights are the starting ones, not the seed's initialisation.
+    trained = _last_state(tmp_path / "run")["classifier"]["state_dict"]
+    for key, value in start.model.state_dict().items():
+        assert torch.allclose(trained[key], value, atol=1e-6), key
+    save_classifier(tmp_path / "other.pt", new_classifier(ClassifierSpec(backbone="resnet18", mpp=1.84)))
+    with pytest.raises(TrainingError, match="holds a resnet18 model"):
+        train_classifier(
+            replace(cfg, init_checkpoint=str(tmp_path / "other.pt")),
+            manifest,
+            tmp_path / "r2",
+            progress=False,
+        )

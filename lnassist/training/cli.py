@@ -33,6 +33,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        init_checkpoint=args.init_checkpoint,
     )
     summary = train_classifier(
         cfg,
@@ -75,6 +76,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="images per step over all processes")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--init-checkpoint", help="start from this classifier's weights (same backbone)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start again in a folder holding a run")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads per process")

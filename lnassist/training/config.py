@@ -27,6 +27,7 @@ LABEL_MODES = ("ln", "slide")
 class TrainConfig:
     backbone: str = "resnet50"
     pretrained_path: str | None = None  # local torchvision ImageNet state dict (ResNets)
+    init_checkpoint: str | None = None  # start from a classifier checkpoint's weights (same backbone)
     method: str = "escnn"  # "mil": the patch baseline (patch classifier, max pooling at inference)
     mpp: float = CLASSIFIER_MPP
     label_mode: str = "ln"  # "slide": one image per slide (all its LNs), positive if any LN is

@@ -36,6 +36,7 @@ from lnassist.classifier import (
     Classifier,
     checkpoint_payload,
     classifier_from_payload,
+    load_classifier,
     new_classifier,
     save_classifier,
     score_source,
@@ -299,6 +300,14 @@ def train_classifier(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
     classifier = new_classifier(cfg.spec(), cfg.seed, cfg.pretrained_path)
+    if cfg.init_checkpoint:
+        start = load_classifier(cfg.init_checkpoint)
+        if start.spec.backbone != cfg.backbone:
+            raise TrainingError(
+                f"init_checkpoint {cfg.init_checkpoint} holds a {start.spec.backbone} model, "
+                f"not {cfg.backbone}"
+            )
+        classifier.model.load_state_dict(start.model.state_dict())
     rng = np.random.default_rng(cfg.seed)
     schedule, history, start_epoch = Schedule(), [], 0
     payload = _load_state(last, cfg) if resume else None
