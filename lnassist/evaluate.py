@@ -216,7 +216,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "slide_auc": m["slide"]["all"].get("auc", {}).get("auc"),
         }
     if "detector" in report:
-        det = report["detector"]
+        det = report["detector"]["summary"]
         keys = ("postprocessed_iou_pooled", "postprocessed_pixel_accuracy", "count_error_mean_abs")
         out["detector"] = {k: det.get(k) for k in keys}
     return out
