@@ -82,16 +82,18 @@ def test_dockerfile_pins_match_pyproject_and_makefile() -> None:
 def engine():
     """Our dockerd running and the base image present; the daemon is stopped again if we started it."""
     was_running = env_script("running").returncode == 0
-    result = env_script("up", timeout=1200)
-    if result.returncode != 0:
-        pytest.fail(
-            "Docker engine could not be set up with tools/docker_env.sh up (needs root, apt-get and "
-            f"a Debian mirror):\n{tail(result.stdout + result.stderr)}",
-            pytrace=False,
-        )
-    yield
-    if not was_running:
-        env_script("stop", timeout=120)
+    try:
+        result = env_script("up", timeout=1200)
+        if result.returncode != 0:
+            pytest.fail(
+                "Docker engine could not be set up with tools/docker_env.sh up (needs root, apt-get and "
+                f"a Debian mirror):\n{tail(result.stdout + result.stderr)}",
+                pytrace=False,
+            )
+        yield
+    finally:
+        if not was_running:
+            env_script("stop", timeout=120)
 
 
 @pytest.fixture(scope="module")
