@@ -108,7 +108,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
 
 def cam_grid(cam: Any, source: Any, contour_base_px: np.ndarray) -> CamGrid:
     """A streamed CAM (canvas cells) as a base-pixel grid; cells whose centre is outside the LN are NaN."""
-    from matplotlib.path import Path as PolygonPath
+    from lnassist.slide import polygon_mask
 
     values = cam.scores[1].double().numpy().copy()
     rows, cols = values.shape
@@ -118,12 +118,12 @@ def cam_grid(cam: Any, source: Any, contour_base_px: np.ndarray) -> CamGrid:
     # Canvas pixel p spans base [origin + p * scale, origin + (p + 1) * scale): its centre is p + 0.5.
     x0 = source.origin_base_px[0] + (ox + 0.5) * scale
     y0 = source.origin_base_px[1] + (oy + 0.5) * scale
-    xs = x0 + np.arange(cols) * sx * scale
-    ys = y0 + np.arange(rows) * sy * scale
-    centres = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    inside = PolygonPath(np.asarray(contour_base_px)).contains_points(centres).reshape(rows, cols)
+    dx, dy = sx * scale, sy * scale
+    # In units of cells, cell (r, c) is the pixel whose centre is (x0 / dx + c, y0 / dy + r).
+    cells = np.asarray(contour_base_px, dtype=np.float64) / [dx, dy]
+    inside = polygon_mask(cells, x0 / dx - 0.5, y0 / dy - 0.5, cols, rows, 1.0, base_mpp=1.0)
     values[~inside] = np.nan
-    return CamGrid(values, (float(x0), float(y0)), float(sx * scale), float(sy * scale))
+    return CamGrid(values, (float(x0), float(y0)), float(dx), float(dy))
 
 
 def polygon_area_base_px2(contour: np.ndarray) -> float:
@@ -179,23 +179,12 @@ class Detection:
     timings_s: dict[str, float]
 
 
-def region_mask(region_base_px: tuple[int, int, int, int], grid: Any) -> np.ndarray:
-    """The detector pixels touched by the base-pixel rectangle (x, y, w, h)."""
-    x, y, w, h = region_base_px
-    sx, sy = grid.base_px_per_px
-    keep = np.zeros((grid.height_px, grid.width_px), dtype=bool)
-    keep[math.floor(y / sy) : math.ceil((y + h) / sy), math.floor(x / sx) : math.ceil((x + w) / sx)] = True
-    return keep
-
-
 def detect(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | None = None) -> Detection:
-    """Stage 1: the slide at the detector's resolution -> the paper's post-processing -> LN contours.
-
-    A region restricts the predicted mask before post-processing, so LNs are cut at its border."""
+    """Stage 1: the slide at the detector's resolution -> the paper's post-processing -> LN contours
+    (inside the region, if one is given)."""
     from lnassist.detector.grid import Grid
-    from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, predict_logits
+    from lnassist.detector.infer import detect_image
     from lnassist.detector.model import load_checkpoint
-    from lnassist.detector.postprocess import mask_to_contours
     from lnassist.registry import resolve
     from lnassist.slide import open_slide
 
@@ -213,10 +202,7 @@ def detect(slide_path: str | Path, cfg: AnalysisConfig, progress: Progress | Non
     image = slide.read_thumbnail(detector.config.mpp)
     timings["read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mask = predict_logits(detector.to(cfg.device), image, DEFAULT_TILE_PX, DEFAULT_OVERLAP_PX) > 0
-    if region is not None:
-        mask &= region_mask(region, grid)
-    contours, _ = mask_to_contours(mask, grid)
+    contours = detect_image(detector.to(cfg.device), image, grid, region_base_px=region).contours_base_px
     timings["detect"] = time.perf_counter() - t0
     if progress:
         progress("detect", 1.0, f"{len(contours)} LN(s) found")

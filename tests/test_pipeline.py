@@ -160,3 +160,29 @@ def test_bad_input_fails_cleanly(
     err = capsys.readouterr().err
     assert err.startswith("lnassist analyze: error:") and expected in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cam_grid_places_cells_on_the_slide_and_masks_outside_the_ln() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from lnassist.pipeline import cam_grid
+
+    rows, cols = 40, 50
+    scores = torch.rand(2, rows, cols, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cam = SimpleNamespace(scores=scores, stride_px=(16, 16), origin_px=(7.5, 7.5))
+    source = SimpleNamespace(base_px_per_px=2.0, origin_base_px=(1000, 3000))
+    angle = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    centre, radius = np.array([1000 + 800.0, 3000 + 600.0]), 500.0
+    circle = centre + radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    grid = cam_grid(cam, source, circle)
+    # Cell (0, 0) is centred on canvas pixel 7.5 -> base 1000 + 8 * 2; cells are 16 canvas px = 32 base px.
+    assert grid.origin_base_px == (1016.0, 3016.0) and (grid.dx_base_px, grid.dy_base_px) == (32.0, 32.0)
+    xs = grid.origin_base_px[0] + np.arange(cols) * 32.0
+    ys = grid.origin_base_px[1] + np.arange(rows) * 32.0
+    distance = np.hypot(xs[None, :] - centre[0], ys[:, None] - centre[1])
+    clear = np.abs(distance - radius) > 2  # away from the (polygonal) outline
+    assert np.array_equal(np.isnan(grid.values)[clear], (distance > radius)[clear])
+    inside = ~np.isnan(grid.values)
+    assert np.array_equal(grid.values[inside], scores[1].numpy()[inside])

@@ -9,6 +9,7 @@ contours are: the centre of pixel j is j) lies at base x = (j + 0.5) * sx.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,16 @@ class Grid:
         points = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
         return (points + 0.5) * np.asarray(self.base_px_per_px)
 
+    def rectangle_mask(
+        self, x_base_px: float, y_base_px: float, width_base_px: float, height_base_px: float
+    ) -> np.ndarray:
+        """Boolean (height_px, width_px) mask of the pixels touched by a base-pixel rectangle."""
+        sx, sy = self.base_px_per_px
+        keep = np.zeros((self.height_px, self.width_px), dtype=bool)
+        rows = slice(math.floor(y_base_px / sy), math.ceil((y_base_px + height_base_px) / sy))
+        keep[rows, math.floor(x_base_px / sx) : math.ceil((x_base_px + width_base_px) / sx)] = True
+        return keep
+
     def rasterise(self, polygons_base_px: list[np.ndarray]) -> np.ndarray:
         """Boolean (height_px, width_px) mask: True where a pixel's centre is inside any of the polygons
         (each (N, 2) x, y in base pixels; even-odd rule within a polygon, union across polygons)."""
@@ -42,7 +53,12 @@ class Grid:
         for polygon in polygons_base_px:
             # In units of detector pixels polygon_mask tests centres at j + 0.5, the convention above.
             mask |= polygon_mask(
-                np.asarray(polygon, dtype=np.float64) / scale, 0, 0, self.width_px, self.height_px, 1.0,
+                np.asarray(polygon, dtype=np.float64) / scale,
+                0,
+                0,
+                self.width_px,
+                self.height_px,
+                1.0,
                 base_mpp=1.0,
             )
         return mask

@@ -68,8 +68,10 @@ def predict_logits(
                 for x0, x1, keep_x0, keep_x1 in cols:
                     tile = model(to_tensor(image[y0:y1, x0:x1]).to(device))
                     if tile.shape != (1, 1, y1 - y0, x1 - x0):
-                        raise DetectorError(f"the network returned {tuple(tile.shape)} for a "
-                                            f"{y1 - y0} x {x1 - x0} tile; expected (1, 1, H, W) logits")
+                        raise DetectorError(
+                            f"the network returned {tuple(tile.shape)} for a "
+                            f"{y1 - y0} x {x1 - x0} tile; expected (1, 1, H, W) logits"
+                        )
                     kept = tile[0, 0, keep_y0 - y0 : keep_y1 - y0, keep_x0 - x0 : keep_x1 - x0]
                     logits[keep_y0:keep_y1, keep_x0:keep_x1] = kept.float().cpu().numpy()
     finally:
@@ -95,9 +97,15 @@ def detect_image(
     tile_px: int = DEFAULT_TILE_PX,
     overlap_px: int = DEFAULT_OVERLAP_PX,
     min_component_px: int = MIN_COMPONENT_PX,
+    region_base_px: tuple[float, float, float, float] | None = None,
 ) -> Detection:
-    """Predict the LN mask of a 1.25x image laid on ``grid`` (logit > 0) and post-process it."""
+    """Predict the LN mask of a 1.25x image laid on ``grid`` (logit > 0) and post-process it.
+
+    ``region_base_px`` (x, y, width, height) restricts the predicted mask before post-processing,
+    so LNs crossing the region's border are cut there."""
     mask = predict_logits(model, image, tile_px, overlap_px) > 0
+    if region_base_px is not None:
+        mask &= grid.rectangle_mask(*region_base_px)
     contours, cleaned = mask_to_contours(mask, grid, min_component_px)
     return Detection(contours, mask, cleaned, grid)
 
