@@ -30,6 +30,7 @@ GROUP_HEATMAP = "LN metastasis heatmap"
 POSITIVE_RGB = (220, 38, 38)
 NEGATIVE_RGB = (22, 163, 74)
 HEATMAP_RGB = (255, 0, 0)
+THRESHOLD_RGB = (255, 165, 0)
 LINE_WIDTH = 2  # screen pixels
 
 # HistomicsUI's limits: larger griddata elements are stored out of line and documents beyond these
@@ -81,6 +82,13 @@ def rgb(colour: tuple[int, int, int]) -> str:
 def rgba(colour: tuple[int, int, int], alpha: float) -> str:
     # Fixed decimals: the schema's pattern rejects exponents such as 1e-05.
     return "rgba({},{},{},{:.2f})".format(*colour, alpha)
+
+
+def heatmap_colour_stops(threshold: float) -> list[tuple[float, tuple[int, int, int], float]]:
+    """(score, RGB, opacity) stops of the heatmap colour ramp, shared by the griddata and the overlay
+    image: transparent at 0, half-opaque orange at the decision threshold, red at 1. Absolute
+    probabilities, so the colour of a score does not depend on the other scores of the slide."""
+    return [(0.0, HEATMAP_RGB, 0.0), (float(threshold), THRESHOLD_RGB, 0.5), (1.0, HEATMAP_RGB, 0.9)]
 
 
 def simplify_contour(
@@ -187,18 +195,19 @@ def heatmap_document(
     version: str,
     name: str = "LN metastasis heatmap",
     image_girder_id: str | None = None,
-    image_opacity: float = 0.5,
+    image_transform: Mapping[str, Any] | None = None,
+    image_opacity: float = 0.8,
     max_values_per_element: int = MAX_VALUES_PER_ELEMENT,
     max_values_per_document: int = MAX_VALUES_PER_DOCUMENT,
 ) -> dict[str, Any]:
     """One griddata heatmap per LN with a CAM, plus an ``image`` overlay if ``image_girder_id`` is set.
 
     ``image_girder_id`` is a Girder item id or, in a Slicer CLI, the name of the output parameter
-    holding the overlay image (the slide's base-level size: no transform is written); the server
-    swaps that name for the uploaded item's id on ingest, so validate such a document with
-    ``validate_document(doc, cli_outputs={name})``. Grids larger than the value budgets are
-    coarsened by max-pooling so that no hot spot is averaged away.
-    Colours: transparent at score 0, half-opaque orange at ``threshold``, red at 1.
+    holding the overlay image; the server swaps that name for the uploaded item's id on ingest, so
+    validate such a document with ``validate_document(doc, cli_outputs={name})``.
+    ``image_transform`` maps image pixels to base pixels (``HeatmapOverlay.transform()``; none: the
+    image has the slide's base-level size). Grids larger than the value budgets are coarsened by
+    max-pooling so that no hot spot is averaged away. Colours: :func:`heatmap_colour_stops`.
     """
     _check_run(lns, mode, threshold, models)
     if not 0 <= image_opacity <= 1:
@@ -206,6 +215,7 @@ def heatmap_document(
     with_cam = [ln for ln in lns if ln.cam is not None]
     grids = [_cam_values(ln) for ln in with_cam]
     budgets = _share_budget([g.size for g in grids], max_values_per_element, max_values_per_document)
+    stops = heatmap_colour_stops(threshold)
     elements: list[dict[str, Any]] = []
     for ln, grid, budget in zip(with_cam, grids, budgets, strict=True):
         cam = ln.cam
@@ -227,30 +237,26 @@ def heatmap_document(
                 "dy": float(dy),
                 "gridWidth": int(pooled.shape[1]),
                 "values": np.round(pooled, 3).ravel().tolist(),
-                # Absolute probabilities (normalizeRange false): the colour of a score does not
-                # depend on the other scores of the slide.
                 "normalizeRange": False,
-                "rangeValues": [0.0, float(threshold), 1.0],
-                "colorRange": [
-                    rgba(HEATMAP_RGB, 0),
-                    rgba((255, 165, 0), 0.5),
-                    rgba(HEATMAP_RGB, 0.9),
-                ],
+                "rangeValues": [value for value, _, _ in stops],
+                "colorRange": [rgba(colour, alpha) for _, colour, alpha in stops],
                 # In base pixels with scaleWithZoom, so neighbouring cells' blobs just overlap.
                 "radius": float(max(dx, dy)),
                 "scaleWithZoom": True,
             }
         )
     if image_girder_id is not None:
-        elements.append(
-            {
-                "type": "image",
-                "girderId": image_girder_id,
-                "opacity": float(image_opacity),
-                "group": GROUP_HEATMAP,
-                "label": {"value": "LN metastasis overlay"},
-            }
-        )
+        image = {
+            "type": "image",
+            "girderId": image_girder_id,
+            "opacity": float(image_opacity),
+            "hasAlpha": True,
+            "group": GROUP_HEATMAP,
+            "label": {"value": "LN metastasis overlay"},
+        }
+        if image_transform is not None:
+            image["transform"] = dict(image_transform)
+        elements.append(image)
     return {
         "name": name,
         "description": f"class-activation heatmaps of {len(with_cam)} of {len(lns)} LNs",

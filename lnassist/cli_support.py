@@ -95,6 +95,17 @@ def requested_outputs(args: argparse.Namespace, names: Sequence[str]) -> dict[st
     return outputs
 
 
+def analysis_outputs(args: argparse.Namespace) -> dict[str, str]:
+    """The requested outputs of an analysis CLI (:data:`ANALYSIS_OUTPUTS`), checked before any work."""
+    outputs = requested_outputs(args, ANALYSIS_OUTPUTS)
+    if HEATMAP_IMAGE_OUTPUT in outputs and "outputHeatmapAnnotationFile" not in outputs:
+        raise CliInputError(
+            f"--{HEATMAP_IMAGE_OUTPUT} needs --outputHeatmapAnnotationFile: the heatmap annotation is "
+            "what places the image on the slide"
+        )
+    return outputs
+
+
 def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
     """The pipeline configuration from the shared parameters; absent ones keep the library's defaults."""
     from lnassist.pipeline import WHOLE_SLIDE, AnalysisConfig
@@ -282,7 +293,15 @@ def _polyline_contour(element: Mapping[str, Any], where: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- outputs
 
-ANALYSIS_OUTPUTS = ("outputAnnotationFile", "outputHeatmapAnnotationFile", "outputItemMetadata")
+ANALYSIS_OUTPUTS = (
+    "outputAnnotationFile",
+    "outputHeatmapAnnotationFile",
+    "outputHeatmapImage",
+    "outputItemMetadata",
+)
+# The heatmap document's image element names this output; slicer_cli_web's ingest swaps the name
+# for the id of the item the image was uploaded as.
+HEATMAP_IMAGE_OUTPUT = "outputHeatmapImage"
 
 
 def write_analysis(
@@ -301,6 +320,7 @@ def write_analysis(
     item metadata; without a detector in ``analysis.models`` the detector keys are written empty, as
     Girder merges item metadata and would otherwise keep a previous run's detector.
     """
+    from lnassist.overlay import heatmap_overlay, heatmap_tiff_bytes
     from lnassist.pipeline import analysis_documents
 
     counts = analysis.counts
@@ -309,7 +329,14 @@ def write_analysis(
         f"threshold {analysis.threshold:g} ({analysis.mode})"
     )
     progress("write", 0.0, summary + (f"; {analysis.message}" if analysis.message else ""))
-    ln_doc, heat_doc, metadata = analysis_documents(analysis, cli_name, parameters)
+    image = heatmap_overlay(analysis.lns, analysis.threshold) if HEATMAP_IMAGE_OUTPUT in outputs else None
+    ln_doc, heat_doc, metadata = analysis_documents(
+        analysis,
+        cli_name,
+        parameters,
+        image_girder_id=HEATMAP_IMAGE_OUTPUT if image is not None and analysis.lns else None,
+        image_transform=image.transform() if image is not None else None,
+    )
     metadata[ITEM_METADATA_PREFIX + "contours"] = contours_from
     for key in ("detector", "detector_version"):
         metadata.setdefault(ITEM_METADATA_PREFIX + key, "")
@@ -317,6 +344,7 @@ def write_analysis(
         "outputAnnotationFile": ln_doc,
         "outputHeatmapAnnotationFile": heat_doc,
         "outputItemMetadata": metadata,
+        HEATMAP_IMAGE_OUTPUT: heatmap_tiff_bytes(image) if image is not None else None,
     }
     write_outputs({outputs[name]: documents[name] for name in outputs})
     progress("write", 1.0, "wrote " + ", ".join(outputs.values()))
@@ -324,11 +352,15 @@ def write_analysis(
 
 
 def write_outputs(documents: Mapping[str, Any]) -> None:
-    """Write each JSON document to its path, all or none: every file goes to a temporary name first
-    and the renames happen only once all of them are written (existing files are replaced)."""
+    """Write each document to its path (bytes as they are, anything else as JSON), all or none:
+    every file goes to a temporary name first and the renames happen only once all of them are
+    written (existing files are replaced)."""
     from lnassist.fileio import atomic_output
 
     with ExitStack() as stack:
         for path, document in documents.items():
             tmp = stack.enter_context(atomic_output(path, overwrite=True))
-            tmp.write_text(json.dumps(document, allow_nan=False) + "\n")
+            if isinstance(document, bytes):
+                tmp.write_bytes(document)
+            else:
+                tmp.write_text(json.dumps(document, allow_nan=False) + "\n")

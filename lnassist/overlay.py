@@ -1,12 +1,19 @@
-"""The overview picture of an analysis: the slide thumbnail, each LN's heatmap, contours coloured by label.
+"""Pictures of an analysis: the overview PNG a person looks at first, and the heatmap overlay image.
 
-Positive LNs are outlined red, negative ones green, each with its number and score; the heatmap
-(P(metastasis) per CAM cell) is blended in from transparent (0) to opaque red-yellow (1).
+The overview is the slide thumbnail with each LN's heatmap (P(metastasis) per CAM cell, blended in
+from transparent (0) to opaque red-yellow (1)) and the contours, positive LNs outlined red,
+negative ones green, each with its number and score. The overlay image is the CAMs alone at their
+native resolution (one pixel per CAM cell, unlike the griddata annotation, which is coarsened to
+stay within HistomicsUI's limits), RGBA in the heatmap annotation's colours, written as a tiled
+TIFF that large_image serves and an annotation ``image`` element places on the slide.
 """
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,41 @@ from lnassist.fileio import atomic_output
 MAX_SIDE_PX = 2000
 POSITIVE_BGR = (40, 40, 220)
 NEGATIVE_BGR = (60, 170, 60)
+TIFF_TILE_PX = 256
+
+
+def paint_cams(
+    lns: Sequence[Any],
+    width_px: int,
+    height_px: int,
+    origin_base_px: tuple[float, float],
+    px_base: tuple[float, float],
+) -> np.ndarray:
+    """float32 (height_px, width_px) canvas of the LNs' CAM values, 0 where no LN has one.
+
+    Canvas pixel (r, c) covers base pixels [origin + c * px_base[0], origin + (c + 1) * px_base[0])
+    along x (likewise y) and takes the nearest CAM cell of each LN covering it (the maximum where
+    LNs overlap).
+    """
+    heat = np.zeros((height_px, width_px), np.float32)
+    for ln in lns:
+        if ln.cam is None:
+            continue
+        values = np.nan_to_num(ln.cam.values, nan=0.0).astype(np.float32)
+        rows, cols = values.shape
+        # Cell (r, c) is centred at origin + (c dx, r dy): its box starts half a cell earlier.
+        # x0, y0, cell_w, cell_h in canvas pixels.
+        x0 = (ln.cam.origin_base_px[0] - ln.cam.dx_base_px / 2 - origin_base_px[0]) / px_base[0]
+        y0 = (ln.cam.origin_base_px[1] - ln.cam.dy_base_px / 2 - origin_base_px[1]) / px_base[1]
+        cell_w, cell_h = ln.cam.dx_base_px / px_base[0], ln.cam.dy_base_px / px_base[1]
+        tx0, ty0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+        tx1, ty1 = min(width_px, math.ceil(x0 + cell_w * cols)), min(height_px, math.ceil(y0 + cell_h * rows))
+        if tx1 <= tx0 or ty1 <= ty0:
+            continue
+        cx = np.clip(((np.arange(tx0, tx1) + 0.5 - x0) / cell_w).astype(int), 0, cols - 1)
+        cy = np.clip(((np.arange(ty0, ty1) + 0.5 - y0) / cell_h).astype(int), 0, rows - 1)
+        heat[ty0:ty1, tx0:tx1] = np.maximum(heat[ty0:ty1, tx0:tx1], values[np.ix_(cy, cx)])
+    return heat
 
 
 def overlay_image(slide: Any, analysis: Any, max_side_px: int = MAX_SIDE_PX) -> np.ndarray:
@@ -28,24 +70,7 @@ def overlay_image(slide: Any, analysis: Any, max_side_px: int = MAX_SIDE_PX) -> 
     image = slide.read_thumbnail(mpp).astype(np.float32)
     h, w = image.shape[:2]
     scale_x, scale_y = w / slide.width_px, h / slide.height_px
-    heat = np.zeros((h, w), np.float32)
-    for ln in analysis.lns:
-        if ln.cam is None:
-            continue
-        values = np.nan_to_num(ln.cam.values, nan=0.0).astype(np.float32)
-        rows, cols = values.shape
-        # Cell (r, c) centred at origin + (c dx, r dy): its box starts half a cell earlier.
-        x0 = (ln.cam.origin_base_px[0] - ln.cam.dx_base_px / 2) * scale_x
-        y0 = (ln.cam.origin_base_px[1] - ln.cam.dy_base_px / 2) * scale_y
-        cw, ch = ln.cam.dx_base_px * scale_x * cols, ln.cam.dy_base_px * scale_y * rows
-        tx0, ty0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-        tx1, ty1 = min(w, math.ceil(x0 + cw)), min(h, math.ceil(y0 + ch))
-        if tx1 <= tx0 or ty1 <= ty0:
-            continue
-        # Nearest cell for every thumbnail pixel of the LN's box.
-        cx = np.clip(((np.arange(tx0, tx1) + 0.5 - x0) / (cw / cols)).astype(int), 0, cols - 1)
-        cy = np.clip(((np.arange(ty0, ty1) + 0.5 - y0) / (ch / rows)).astype(int), 0, rows - 1)
-        heat[ty0:ty1, tx0:tx1] = np.maximum(heat[ty0:ty1, tx0:tx1], values[np.ix_(cy, cx)])
+    heat = paint_cams(analysis.lns, w, h, (0.0, 0.0), (1 / scale_x, 1 / scale_y))
     colour = np.stack([np.full_like(heat, 255), 255 * (1 - heat), np.zeros_like(heat)], axis=-1)
     alpha = (0.65 * heat)[..., None]
     image = (image * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
@@ -80,3 +105,72 @@ def write_overlay_png(path: str | Path, slide: Any, analysis: Any, overwrite: bo
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_bytes(data.tobytes())
     return Path(path)
+
+
+@dataclass(frozen=True)
+class HeatmapOverlay:
+    """The LNs' CAMs as one RGBA image, one pixel per CAM cell, placed on the slide by a transform."""
+
+    rgba: np.ndarray  # (rows, cols, 4) uint8
+    origin_base_px: tuple[float, float]  # base-pixel position of the top-left corner of pixel (0, 0)
+    px_base: float  # base pixels per image pixel, both axes
+
+    def transform(self) -> dict[str, Any]:
+        """The annotation ``image`` element's transform: base = matrix @ image pixel + offset."""
+        return {
+            "xoffset": round(float(self.origin_base_px[0]), 2),
+            "yoffset": round(float(self.origin_base_px[1]), 2),
+            "matrix": [[float(self.px_base), 0.0], [0.0, float(self.px_base)]],
+        }
+
+
+def heatmap_overlay(lns: Sequence[Any], threshold: float) -> HeatmapOverlay:
+    """The CAMs of ``lns`` (:class:`lnassist.annotations.LNResult`) over their common bounding box in
+    the colours of :func:`lnassist.annotations.heatmap_colour_stops`; transparent outside the LNs.
+    Without any CAM: a single transparent pixel at the slide's origin."""
+    from lnassist.annotations import heatmap_colour_stops
+
+    cams = [ln.cam for ln in lns if ln.cam is not None]
+    if not cams:
+        return HeatmapOverlay(np.zeros((1, 1, 4), np.uint8), (0.0, 0.0), 1.0)
+    px = min(min(cam.dx_base_px, cam.dy_base_px) for cam in cams)
+    x0 = min(cam.origin_base_px[0] - cam.dx_base_px / 2 for cam in cams)
+    y0 = min(cam.origin_base_px[1] - cam.dy_base_px / 2 for cam in cams)
+    x1 = max(cam.origin_base_px[0] + (cam.values.shape[1] - 0.5) * cam.dx_base_px for cam in cams)
+    y1 = max(cam.origin_base_px[1] + (cam.values.shape[0] - 0.5) * cam.dy_base_px for cam in cams)
+    width, height = math.ceil((x1 - x0) / px - 1e-6), math.ceil((y1 - y0) / px - 1e-6)
+    heat = paint_cams(lns, width, height, (x0, y0), (px, px))
+    stops = heatmap_colour_stops(threshold)
+    scores = [value for value, _, _ in stops]
+    channels = [[colour[i] for _, colour, _ in stops] for i in range(3)] + [[255 * a for _, _, a in stops]]
+    rgba = np.stack([np.interp(heat, scores, channel) for channel in channels], axis=-1)
+    return HeatmapOverlay(np.round(rgba).astype(np.uint8), (float(x0), float(y0)), float(px))
+
+
+def heatmap_tiff_bytes(overlay: HeatmapOverlay) -> bytes:
+    """The overlay as a tiled, zlib-compressed RGBA TIFF with a pyramid down to one tile, which
+    large_image's tiff source serves (and HistomicsUI draws through the ``image`` element)."""
+    import tifffile
+
+    levels = [overlay.rgba]
+    while max(levels[-1].shape[:2]) > TIFF_TILE_PX:
+        # Max-pooled halving keeps small hot spots visible when zoomed out.
+        a = levels[-1]
+        h, w = a.shape[:2]
+        padded = np.zeros((h + h % 2, w + w % 2, 4), np.uint8)
+        padded[:h, :w] = a
+        levels.append(padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, 4).max(axis=(1, 3)))
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tiff:
+        for index, level in enumerate(levels):
+            tiff.write(
+                level,
+                tile=(TIFF_TILE_PX, TIFF_TILE_PX),
+                photometric="rgb",
+                extrasamples=["unassalpha"],
+                compression="zlib",
+                subfiletype=1 if index else 0,
+                metadata=None,
+                software="lnassist",
+            )
+    return buffer.getvalue()

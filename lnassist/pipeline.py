@@ -273,9 +273,15 @@ OUTPUT_NAMES = {
 
 
 def analysis_documents(
-    analysis: Analysis, cli_name: str, parameters: dict[str, Any], image_girder_id: str | None = None
+    analysis: Analysis,
+    cli_name: str,
+    parameters: dict[str, Any],
+    image_girder_id: str | None = None,
+    image_transform: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(LN annotation document, heatmap document, item metadata) of an analysis, each validated."""
+    """(LN annotation document, heatmap document, item metadata) of an analysis, each validated.
+    With ``image_girder_id`` the heatmap document also places that overlay image (see
+    :func:`lnassist.annotations.heatmap_document`)."""
     from datetime import UTC, datetime
 
     from lnassist import __version__
@@ -291,7 +297,12 @@ def analysis_documents(
         timings_s=analysis.timings_s,
     )
     heat_doc = heatmap_document(
-        analysis.lns, **common, cli_name=cli_name, version=__version__, image_girder_id=image_girder_id
+        analysis.lns,
+        **common,
+        cli_name=cli_name,
+        version=__version__,
+        image_girder_id=image_girder_id,
+        image_transform=image_transform,
     )
     validate_document(ln_doc)
     validate_document(heat_doc, cli_outputs=[image_girder_id] if image_girder_id else ())

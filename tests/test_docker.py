@@ -16,46 +16,20 @@ and a real ``LNAnalysis`` job with the slide mounted read-only and no network.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import time
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from docker_helpers import NAMES, REPO, docker, docker_test, tail
 
 from lnassist.annotations import validate_document
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
-REPO = Path(__file__).resolve().parent.parent
-ENV_SCRIPT = REPO / "tools" / "docker_env.sh"
-IMAGE = os.environ.get("LNASSIST_TEST_IMAGE", "lnassist:test")
-NAMES = ("LNAnalysis", "LNDetect", "LNClassify")
 ENTRYPOINT = ["python", "-m", "slicer_cli_web.cli_list_entrypoint"]
 TOKEN = "job-token-5d0e9a"
-BUILD_TIMEOUT_S = 2700
-
-
-def docker_test(func):
-    """Slow (needs the engine and the image), with room for a cold image build in the first one."""
-    return pytest.mark.slow(pytest.mark.timeout(BUILD_TIMEOUT_S + 600)(func))
-
-
-def env_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(ENV_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
-
-
-def docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return env_script("docker", *args, timeout=timeout)
-
-
-def tail(text: str, lines: int = 60) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def dockerfile_args() -> dict[str, str]:
@@ -76,39 +50,6 @@ def test_dockerfile_pins_match_pyproject_and_makefile() -> None:
 
 
 # ---------------------------------------------------------------------------------- engine, image
-
-
-@pytest.fixture(scope="module")
-def engine():
-    """Our dockerd running and the base image present; the daemon is stopped again if we started it."""
-    was_running = env_script("running").returncode == 0
-    try:
-        result = env_script("up", timeout=1200)
-        if result.returncode != 0:
-            pytest.fail(
-                "Docker engine could not be set up with tools/docker_env.sh up (needs root, apt-get and "
-                f"a Debian mirror):\n{tail(result.stdout + result.stderr)}",
-                pytrace=False,
-            )
-        yield
-    finally:
-        if not was_running:
-            env_script("stop", timeout=120)
-
-
-@pytest.fixture(scope="module")
-def image(engine, tmp_path_factory: pytest.TempPathFactory) -> str:
-    log = tmp_path_factory.mktemp("docker") / "build.log"
-    start = time.monotonic()
-    result = env_script("build", IMAGE, timeout=BUILD_TIMEOUT_S)
-    log.write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        pytest.fail(
-            f"docker build of {IMAGE} failed (full log: {log}):\n{tail(result.stdout + result.stderr, 80)}",
-            pytrace=False,
-        )
-    print(f"built {IMAGE} in {time.monotonic() - start:.0f} s")
-    return IMAGE
 
 
 def inspect(image: str) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from lnassist import __version__
@@ -183,6 +184,7 @@ def test_lnanalysis_writes_valid_documents_and_metadata(setup: Setup, tmp_path: 
         "outputAnnotationFile": tmp_path / "ln.anot",
         "outputHeatmapAnnotationFile": tmp_path / "heat.anot",
         "outputItemMetadata": tmp_path / "meta.json",
+        "outputHeatmapImage": tmp_path / "heat.tiff",
     }
     # slicer_cli_web writes a region as "x, y, w, h" (a separate "-1,..." word would read as a flag).
     options = ["--analysisRegion", ", ".join(map(str, region)), "--mode", "screening", *output_flags(out)]
@@ -192,12 +194,12 @@ def test_lnanalysis_writes_valid_documents_and_metadata(setup: Setup, tmp_path: 
     assert stages == ["detect", "classify", "write"]
     assert values == sorted(values) and values[-1] == 1.0
     assert "classify: LN 1/1: 0.300" in result.stdout
-    assert_no_token(result, *out.values())
+    assert_no_token(result, *(path for name, path in out.items() if name != "outputHeatmapImage"))
 
     ln_doc = json.loads(out["outputAnnotationFile"].read_text())
     heat_doc = json.loads(out["outputHeatmapAnnotationFile"].read_text())
     validate_document(ln_doc)
-    validate_document(heat_doc)
+    validate_document(heat_doc, cli_outputs={"outputHeatmapImage"})
     # The all-LN detector finds exactly the region (to a detector pixel, plus the paper's dilation).
     (element,) = ln_doc["elements"]
     expected = np.array([region[0], region[1], region[0] + region[2], region[1] + region[3]])
@@ -211,6 +213,19 @@ def test_lnanalysis_writes_valid_documents_and_metadata(setup: Setup, tmp_path: 
     assert not {"girderToken", "girderApiUrl"} & set(attributes["parameters"])
     grids = [e for e in heat_doc["elements"] if e["type"] == "griddata"]
     assert len(grids) == 1 and max(grids[0]["values"]) == pytest.approx(SCORE, abs=1e-3)
+    # The full-resolution image: referenced by the output's name (the server puts the item id in),
+    # placed by its transform over the LN, opaque where the LN's (constant) score is.
+    (image,) = [e for e in heat_doc["elements"] if e["type"] == "image"]
+    assert image["girderId"] == "outputHeatmapImage"
+    rgba = tifffile.imread(out["outputHeatmapImage"])
+    transform = image["transform"]
+    (px, zero), (zero2, py) = transform["matrix"]
+    assert px == py == grids[0]["dx"] / grids[0]["user"]["pool_factor"] and zero == zero2 == 0
+    covered = [transform["xoffset"], transform["yoffset"]]
+    covered += [covered[0] + px * rgba.shape[1], covered[1] + py * rgba.shape[0]]
+    assert np.abs(np.array(covered) - bbox(element["points"])).max() <= px
+    opaque = rgba[..., 3] > 0
+    assert opaque.mean() > 0.5 and len({tuple(p) for p in rgba[opaque]}) == 1
 
     meta = json.loads(out["outputItemMetadata"].read_text())
     assert (
@@ -282,6 +297,7 @@ def test_lnclassify_scores_the_given_outlines(setup: Setup, tmp_path: Path) -> N
         ("LNAnalysis", "missing slide", "no such file"),
         ("LNAnalysis", "region outside the slide", "lies outside the 4600 x 2600 px slide"),
         ("LNAnalysis", "no output", "nothing to write"),
+        ("LNAnalysis", "heatmap image without its annotation", "needs --outputHeatmapAnnotationFile"),
         ("LNClassify", "annotation not JSON", "not a JSON annotation file"),
         ("LNClassify", "annotation without polylines", "no closed polyline"),
     ],
@@ -300,6 +316,8 @@ def test_bad_input_fails_with_one_line_and_no_outputs(
         options += output_flags(
             {"outputAnnotationFile": out / "ln.anot", "outputItemMetadata": out / "meta.json"}
         )
+    if case == "heatmap image without its annotation":
+        options += output_flags({"outputHeatmapImage": out / "heat.tiff"})
     result = run_cli(name, options, inputs, setup.env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -8,11 +8,10 @@ import argparse
 import sys
 
 from lnassist.cli_support import (
-    ANALYSIS_OUTPUTS,
     SlicerProgress,
     analysis_config,
+    analysis_outputs,
     cli_parameters,
-    requested_outputs,
     run_cli,
     write_analysis,
 )
@@ -27,7 +26,7 @@ STAGES = (
 def main(args: argparse.Namespace, cli_name: str) -> None:
     from lnassist.pipeline import analyze
 
-    outputs = requested_outputs(args, ANALYSIS_OUTPUTS)
+    outputs = analysis_outputs(args)
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)
     progress("detect", 0.0, f"opening {args.inputImageFile} and loading the models")

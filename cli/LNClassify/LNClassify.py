@@ -8,12 +8,11 @@ import argparse
 import sys
 
 from lnassist.cli_support import (
-    ANALYSIS_OUTPUTS,
     SlicerProgress,
     analysis_config,
+    analysis_outputs,
     cli_parameters,
     read_annotation_contours,
-    requested_outputs,
     run_cli,
     write_analysis,
 )
@@ -27,7 +26,7 @@ STAGES = (
 
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
-    outputs = requested_outputs(args, ANALYSIS_OUTPUTS)
+    outputs = analysis_outputs(args)
     contours = read_annotation_contours(args.inputAnnotationFile)
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)

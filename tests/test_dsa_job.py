@@ -1,0 +1,255 @@
+"""The whole DSA job path, for real: Girder 3 (on secantusdb) with slicer_cli_web, girder_worker on
+Redis, our Docker engine running the lnassist image, HistomicsUI's ingest of the outputs.
+
+``tools/dsa_stack.py up`` starts the server side (its own venv, as the Girder container is separate
+from the CLI image in production); the image is the one ``test_docker.py`` checks (fixture
+``image``). The flow is what a DSA admin and a pathologist do: register the image
+(``PUT /slicer_cli_web/docker_image``), upload a slide, press "Run LN analysis"
+(``POST /slicer_cli_web/cli/{id}/run``), then read the annotations, the heatmap image and the item
+metadata the job left on the slide. Truth: the synthetic slide's LNs (where they are) and the same
+CLI run directly on the same slide with the same models (what they score).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import girder_client
+import numpy as np
+import pytest
+from docker_helpers import NAMES, REPO, docker_test, tail
+
+from lnassist.annotations import GROUP_NEGATIVE, GROUP_POSITIVE
+from lnassist.synth.generate import write_slide
+from lnassist.synth.layout import LayoutConfig
+
+STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
+JOB_SUCCESS, JOB_ERROR = 3, 4
+JOB_TIMEOUT_S = 900
+LAYOUT = LayoutConfig(4600, 2600, seed=3, categories=("negative", "itc"))
+LAYOUT_SIZE = (LAYOUT.width_px, LAYOUT.height_px)
+
+
+@dataclass
+class Dsa:
+    gc: girder_client.GirderClient
+    clis: dict[str, str]  # CLI name -> its Girder item id
+    folder_id: str
+
+
+def stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*STACK, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_job(gc: girder_client.GirderClient, job_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = gc.get(f"job/{job_id}")
+        if job["status"] in (JOB_SUCCESS, JOB_ERROR, 5):
+            return job
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish within {JOB_TIMEOUT_S} s")
+
+
+def job_log(job: dict) -> str:
+    return "".join(job.get("log", []))
+
+
+@pytest.fixture(scope="module")
+def dsa(image: str) -> Dsa:
+    was_running = stack("status").returncode == 0
+    result = stack("up")
+    if result.returncode != 0:
+        pytest.fail(f"tools/dsa_stack.py up failed:\n{tail(result.stdout + result.stderr)}", pytrace=False)
+    try:
+        state = json.loads(result.stdout)
+        admin = json.loads(Path(state["admin_file"]).read_text())
+        gc = girder_client.GirderClient(apiUrl=state["api_url"])
+        gc.authenticate(admin["login"], admin["password"])
+        # The admin's step: register the image; a job loads its CLIs (nothing is pulled: it is local).
+        job = gc.put("slicer_cli_web/docker_image", parameters={"name": json.dumps([image])})
+        job = wait_for_job(gc, job["_id"])
+        assert job["status"] == JOB_SUCCESS, job_log(job)
+        clis = {cli["name"]: cli["_id"] for cli in gc.get("slicer_cli_web/cli") if cli["image"] == image}
+        collection = gc.createCollection(f"lnassist-test-{uuid.uuid4().hex[:8]}", public=False)
+        folder = gc.createFolder(collection["_id"], "slides", parentType="collection")
+        yield Dsa(gc, clis, folder["_id"])
+    finally:
+        if not was_running:
+            stack("down", timeout=120)
+
+
+def upload_slide(dsa: Dsa, path: Path) -> dict:
+    """Upload a slide; returns its item (a large image: the tiff source opens it on upload)."""
+    file = dsa.gc.uploadFileToFolder(dsa.folder_id, str(path))
+    item = dsa.gc.get(f"item/{file['itemId']}")
+    return {**item, "fileId": file["_id"]}
+
+
+def run_analysis(dsa: Dsa, item: dict, mode: str, heatmap_image: bool = True) -> dict:
+    """Press "Run LN analysis": the parameters HistomicsUI's panel sends (outputs into the slide's folder)."""
+    params = {
+        "inputImageFile": item["fileId"],
+        "analysisRegion": json.dumps([-1, -1, -1, -1]),
+        "mode": mode,
+        "threshold": -1,
+        "mpp": -1,
+        "detector": "",
+        "classifier": "",
+        "device": "auto",
+        "threads": 0,
+        "girderApiUrl": "",
+        "girderToken": "",
+    }
+    outputs = {
+        "outputAnnotationFile": "ln.anot",
+        "outputHeatmapAnnotationFile": "heatmap.anot",
+        "outputItemMetadata": "summary.json",
+    }
+    if heatmap_image:
+        outputs["outputHeatmapImage"] = "heatmap.tiff"
+    for name, filename in outputs.items():
+        params[name] = f"{item['name']}-{mode}-{filename}"
+        params[f"{name}_folder"] = dsa.folder_id
+    job = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis['LNAnalysis']}/run", parameters=params)
+    return wait_for_job(dsa.gc, job["_id"])
+
+
+def annotations(gc: girder_client.GirderClient, item_id: str) -> list[dict]:
+    """Every annotation document on the item, whole (the listing leaves the elements out)."""
+    return [gc.get(f"annotation/{a['_id']}") for a in gc.get("annotation", parameters={"itemId": item_id})]
+
+
+def bbox_iou(points: list, box: list) -> float:
+    xy = np.asarray(points, np.float64)[:, :2]
+    a = [*xy.min(axis=0), *xy.max(axis=0)]
+    w = max(0.0, min(a[2], box[2]) - max(a[0], box[0]))
+    h = max(0.0, min(a[3], box[3]) - max(a[1], box[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (box[2] - box[0]) * (box[3] - box[1]) - w * h
+    return w * h / union
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    path = tmp_path_factory.mktemp("dsa") / "node-slide.tiff"
+    gt = write_slide(path, LAYOUT, workers=1)
+    return path, gt
+
+
+@pytest.fixture(scope="module")
+def local_run(slide: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same CLI with the same shipped models, run directly on the same slide: what the job must match."""
+    out = tmp_path_factory.mktemp("local") / "ln.anot"
+    command = [sys.executable, str(REPO / "cli" / "LNAnalysis" / "LNAnalysis.py"), "--mode", "screening",
+               "--outputAnnotationFile", str(out), str(slide[0])]  # fmt: skip
+    env = {**os.environ, "LNASSIST_MODELS": str(REPO / "models")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return json.loads(out.read_text())
+
+
+@docker_test
+def test_admin_registers_the_image_and_gets_the_three_clis(dsa: Dsa) -> None:
+    assert set(dsa.clis) == set(NAMES)
+    for name, cli_id in dsa.clis.items():
+        xml = dsa.gc.get(f"slicer_cli_web/cli/{cli_id}/xml", jsonResp=False).text
+        assert xml.strip() == (REPO / "cli" / name / f"{name}.xml").read_text().strip()
+
+
+@docker_test
+def test_run_ln_analysis_job_puts_results_on_the_slide(
+    dsa: Dsa, slide: tuple[Path, dict], local_run: dict
+) -> None:
+    path, gt = slide
+    item = upload_slide(dsa, path)
+    assert item["largeImage"]["fileId"] == item["fileId"]
+    job = run_analysis(dsa, item, "screening")
+    log = job_log(job)
+    assert job["status"] == JOB_SUCCESS, tail(log)
+    assert f"detect: {len(gt['nodes'])} LN(s) found" in log and "Traceback" not in log
+
+    docs = {doc["annotation"]["name"]: doc for doc in annotations(dsa.gc, item["_id"])}
+    assert set(docs) == {"LN metastasis", "LN metastasis heatmap"}
+    ln_doc = docs["LN metastasis"]["annotation"]
+    heat_doc = docs["LN metastasis heatmap"]["annotation"]
+    # Where the LNs are: one outline per true node, on it.
+    outlines = ln_doc["elements"]
+    assert len(outlines) == len(gt["nodes"])
+    for node in gt["nodes"]:
+        assert max(bbox_iou(e["points"], node["bbox"]) for e in outlines) > 0.7
+    # What they score: exactly what the same CLI computes outside Girder.
+    expected = sorted(e["user"]["score"] for e in local_run["elements"])
+    assert sorted(e["user"]["score"] for e in outlines) == pytest.approx(expected, abs=1e-3)
+    for element in outlines:
+        positive = element["user"]["score"] >= 0.15
+        assert element["group"] == (GROUP_POSITIVE if positive else GROUP_NEGATIVE)
+    counts = ln_doc["attributes"]["counts"]
+    assert counts["lns"] == len(outlines) and counts["positive"] == sum(
+        e["user"]["score"] >= 0.15 for e in outlines
+    )
+    assert (
+        ln_doc["attributes"]["cli"] == "LNAnalysis"
+        and "girderToken" not in ln_doc["attributes"]["parameters"]
+    )
+
+    # The heatmaps: a griddata per LN and the full-resolution image, its name resolved to the item
+    # the image output was uploaded as, which Girder serves as a large image.
+    grids = [e for e in heat_doc["elements"] if e["type"] == "griddata"]
+    (image,) = [e for e in heat_doc["elements"] if e["type"] == "image"]
+    assert len(grids) == len(outlines)
+    image_item = dsa.gc.get(f"item/{image['girderId']}")
+    assert image_item["name"].endswith("heatmap.tiff") and "largeImage" in image_item
+    tiles = dsa.gc.get(f"item/{image['girderId']}/tiles")
+    matrix = image["transform"]["matrix"]
+    covered_base_px = (tiles["sizeX"] * matrix[0][0], tiles["sizeY"] * matrix[1][1])
+    assert all(0 < covered <= full for covered, full in zip(covered_base_px, LAYOUT_SIZE, strict=True))
+
+    meta = dsa.gc.get(f"item/{item['_id']}")["meta"]
+    assert meta["lnassist_lns"] == counts["lns"] and meta["lnassist_positive_lns"] == counts["positive"]
+    assert meta["lnassist_mode"] == "screening" and meta["lnassist_threshold"] == 0.15
+    assert meta["lnassist_max_score"] == pytest.approx(max(expected), abs=1e-3)
+
+
+@docker_test
+def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
+    dsa: Dsa, slide: tuple[Path, dict]
+) -> None:
+    item = upload_slide(dsa, slide[0])
+    first = run_analysis(dsa, item, "screening", heatmap_image=False)
+    assert first["status"] == JOB_SUCCESS, tail(job_log(first))
+    (record,) = [d for d in annotations(dsa.gc, item["_id"]) if d["annotation"]["name"] == "LN metastasis"]
+    # The pathologist's review: one LN relabelled, the document marked reviewed.
+    reviewed = record["annotation"]
+    reviewed["elements"][0]["group"] = GROUP_NEGATIVE
+    reviewed["attributes"]["review"] = {"status": "reviewed", "by": "pathologist", "model_run": "screening"}
+    dsa.gc.put(f"annotation/{record['_id']}", data=json.dumps(reviewed))
+    before = dsa.gc.get(f"annotation/{record['_id']}")
+
+    second = run_analysis(dsa, item, "general", heatmap_image=False)
+    assert second["status"] == JOB_SUCCESS, tail(job_log(second))
+    after = dsa.gc.get(f"annotation/{record['_id']}")
+    assert after["annotation"] == before["annotation"] and after["_version"] == before["_version"]
+    names = [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])]
+    assert names.count("LN metastasis") == 2 and names.count("LN metastasis heatmap") == 2
+    assert dsa.gc.get(f"item/{item['_id']}")["meta"]["lnassist_mode"] == "general"
+
+
+@docker_test
+def test_a_file_that_is_not_a_slide_fails_the_job_with_the_cli_message(dsa: Dsa, tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-slide.tiff"
+    bogus.write_text("this is a text file, not a TIFF\n")
+    file = dsa.gc.uploadFileToFolder(dsa.folder_id, str(bogus))
+    item = {**dsa.gc.get(f"item/{file['itemId']}"), "fileId": file["_id"]}
+    job = run_analysis(dsa, item, "general")
+    log = job_log(job)
+    assert job["status"] == JOB_ERROR
+    assert "LNAnalysis: error:" in log and "Traceback" not in log
+    assert annotations(dsa.gc, item["_id"]) == []
+    assert not any(key.startswith("lnassist_") for key in dsa.gc.get(f"item/{item['_id']}").get("meta", {}))

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""A real DSA server stack on this machine for the job-path tests: Girder 3 on secantusdb, Redis,
+girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/docker_env.sh``).
+
+    python tools/dsa_stack.py up       make the server venv if needed, start what is not running,
+                                       provision an admin user, an assetstore and the worker
+                                       settings; print the state (API URL, ports; no secrets) as JSON
+    python tools/dsa_stack.py status   print the state; exit 1 when a service does not answer
+    python tools/dsa_stack.py down     stop the services (the venv and logs stay)
+
+The server side lives in its own venv, as in production the Girder container and the CLI image are
+separate environments; lnassist itself is not installed there. Everything is under
+``$LNASSIST_DSA_DIR`` (default ``/var/tmp/lnassist-dsa``): ``venv/``, ``assetstore/``, ``logs/``,
+``state.json`` and ``admin.json`` (the admin login, mode 0600; never printed). The database is
+in memory: a restarted stack is a fresh, empty Girder. Needs root the first time (apt-get for
+redis-server, dockerd). Uses only the standard library, so any Python 3.11 runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("LNASSIST_DSA_DIR", "/var/tmp/lnassist-dsa"))
+VENV = STATE_DIR / "venv"
+LOGS = STATE_DIR / "logs"
+STATE_FILE = STATE_DIR / "state.json"
+ADMIN_FILE = STATE_DIR / "admin.json"
+DOCKER_ENV = REPO / "tools" / "docker_env.sh"
+
+# The versions DSA deployments run (../shared/reference/dsa-notes.md): girder-worker 0.10.7 is the
+# last release for Girder 3, slicer_cli_web 1.5.x and histomicsui 1.8.x go with large_image 1.35.
+SERVER_PINS = (
+    "girder==3.2.18",
+    "girder-jobs==3.2.18",
+    "girder-client==3.2.18",
+    "girder-worker[girder]==0.10.7",
+    "docker",
+    "girder-slicer-cli-web[girder,worker]==1.5.14",
+    "girder-large-image==1.35.6",
+    "girder-large-image-annotation==1.35.6",
+    "large-image-source-tiff==1.35.6",
+    "histomicsui==1.8.1",
+    "secantusdb==0.7.0b3",
+    "redis",
+)
+SERVICES = ("database", "redis", "girder", "worker")
+START_TIMEOUT_S = 120
+
+
+def log(message: str) -> None:
+    print(f"dsa_stack: {message}", file=sys.stderr, flush=True)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------ set-up
+
+
+def ensure_venv() -> None:
+    stamp = VENV / ".pins"
+    wanted = "\n".join(SERVER_PINS)
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    log(f"installing the Girder server stack into {VENV} (about a minute)")
+    python = shutil.which("python3.11") or sys.executable
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([python, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    with open(LOGS / "pip.log", "w") as out:
+        for args in (["--upgrade", "pip"], list(SERVER_PINS)):
+            if subprocess.run(pip + args, stdout=out, stderr=subprocess.STDOUT).returncode:
+                raise StackError(f"pip install of the server stack failed (log: {LOGS / 'pip.log'})")
+    stamp.write_text(wanted)
+
+
+def ensure_redis() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError("redis-server is not installed (apt-get install redis-server, as root)")
+    log("installing redis-server with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
+    with open(LOGS / "apt.log", "w") as out:
+        if subprocess.run(install, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
+            subprocess.run(["apt-get", "update", "-q"], stdout=out, stderr=subprocess.STDOUT, env=env)
+            if subprocess.run(install, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
+                raise StackError(f"apt-get install redis-server failed (log: {LOGS / 'apt.log'})")
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def docker_host() -> str:
+    """Our dockerd up (tools/docker_env.sh), and busybox:latest present: girder_worker runs it after
+    each job to make the job's volumes writable, and no registry is reachable to pull it."""
+    for args in (["up"], ["env"]):
+        result = subprocess.run(["bash", str(DOCKER_ENV), *args], capture_output=True, text=True)
+        if result.returncode:
+            raise StackError(f"tools/docker_env.sh {args[0]} failed:\n{result.stderr[-2000:]}")
+    host = result.stdout.strip().removeprefix("export DOCKER_HOST=")
+    docker = ["bash", str(DOCKER_ENV), "docker"]
+    if subprocess.run([*docker, "image", "inspect", "busybox:latest"], capture_output=True).returncode:
+        base = os.environ.get("LNASSIST_BASE_IMAGE", "lnassist-test-base:bookworm")
+        subprocess.run([*docker, "tag", base, "busybox:latest"], check=True, capture_output=True)
+    return host
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------- processes
+
+
+def read_state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(state: dict) -> None:
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(STATE_FILE)
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start(name: str, command: list[str], env: dict[str, str]) -> int:
+    out = open(LOGS / f"{name}.log", "ab")
+    process = subprocess.Popen(
+        command,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=STATE_DIR,
+        start_new_session=True,
+    )
+    return process.pid
+
+
+def wait_for(what: str, check, pid: int, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not alive(pid):
+            raise StackError(f"{what} exited during start-up (log: {LOGS / (what + '.log')})")
+        time.sleep(0.5)
+    raise StackError(f"{what} did not come up within {timeout_s:.0f} s (log: {LOGS / (what + '.log')})")
+
+
+def worker_ready(since: int) -> bool:
+    try:
+        with open(LOGS / "worker.log", "rb") as f:
+            f.seek(since)
+            return b"ready." in f.read()
+    except OSError:
+        return False
+
+
+def service_env(state: dict) -> dict[str, str]:
+    redis = f"redis://127.0.0.1:{state['redis_port']}"
+    return {
+        **os.environ,
+        "DOCKER_HOST": state["docker_host"],
+        "GIRDER_WORKER_BROKER": f"{redis}/0",
+        "GIRDER_WORKER_BACKEND": f"{redis}/1",
+        # CLIs reach back to Girder on 127.0.0.1; our dockerd has no bridge network anyway.
+        "GIRDER_WORKER_DOCKER_RUN_OPTIONS": json.dumps({"network_mode": "host"}),
+        "C_FORCE_ROOT": "1",
+        "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '')}",
+    }
+
+
+def up() -> dict:
+    for folder in (STATE_DIR, LOGS, STATE_DIR / "assetstore"):
+        folder.mkdir(parents=True, exist_ok=True)
+    ensure_venv()
+    redis_server = ensure_redis()
+    state = read_state()
+    state["docker_host"] = docker_host()
+    # A stack whose database went away is restarted whole: Girder and the worker hold state in it.
+    if not (alive(state.get("database_pid")) and port_open(state.get("database_port", 0))):
+        down(quiet=True)
+        state = {"docker_host": state["docker_host"]}
+    for key in ("database_port", "redis_port", "girder_port"):
+        state.setdefault(key, free_port())
+    env = service_env(state)
+    bin_dir = VENV / "bin"
+
+    if not alive(state.get("database_pid")):
+        command = [
+            str(bin_dir / "secantusd-py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(state["database_port"]),
+            "--storage-path",
+            ":memory:",
+        ]
+        state["database_pid"] = start("database", command, env)
+        wait_for("database", lambda: port_open(state["database_port"]), state["database_pid"])
+    if not alive(state.get("redis_pid")):
+        command = [
+            redis_server,
+            "--port",
+            str(state["redis_port"]),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        state["redis_pid"] = start("redis", command, env)
+        wait_for("redis", lambda: port_open(state["redis_port"]), state["redis_pid"])
+    state["api_url"] = f"http://127.0.0.1:{state['girder_port']}/api/v1"
+    if not alive(state.get("girder_pid")):
+        database = f"mongodb://127.0.0.1:{state['database_port']}/girder"
+        command = [
+            str(bin_dir / "girder"),
+            "serve",
+            "--database",
+            database,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(state["girder_port"]),
+        ]
+        state["girder_pid"] = start("girder", command, env)
+        wait_for("girder", lambda: api_answers(state["api_url"]), state["girder_pid"])
+    write_state(state)
+    provision(state)
+    if not alive(state.get("worker_pid")):
+        since = (LOGS / "worker.log").stat().st_size if (LOGS / "worker.log").exists() else 0
+        command = [str(bin_dir / "girder-worker"), "-l", "info", "--concurrency=1"]
+        state["worker_pid"] = start("worker", command, env)
+        wait_for("worker", lambda: worker_ready(since), state["worker_pid"])
+    write_state(state)
+    return public_state(state)
+
+
+def down(quiet: bool = False) -> None:
+    state = read_state()
+    for name in reversed(SERVICES):
+        pid = state.get(f"{name}_pid")
+        if not alive(pid):
+            continue
+        if not quiet:
+            log(f"stopping {name} (pid {pid})")
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(40):
+            if not alive(pid):
+                break
+            time.sleep(0.25)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    STATE_FILE.unlink(missing_ok=True)
+
+
+def public_state(state: dict) -> dict:
+    return {
+        "api_url": state.get("api_url"),
+        "admin_file": str(ADMIN_FILE),
+        "docker_host": state.get("docker_host"),
+        "logs": str(LOGS),
+        "services": {name: alive(state.get(f"{name}_pid")) for name in SERVICES},
+    }
+
+
+# ------------------------------------------------------------------------------- REST set-up
+
+
+def request(
+    api_url: str,
+    method: str,
+    path: str,
+    params: dict | None = None,
+    token: str | None = None,
+    auth: tuple[str, str] | None = None,
+) -> dict | list:
+    url = f"{api_url}/{path}"
+    data = None
+    if params:
+        encoded = urllib.parse.urlencode(params)
+        if method == "GET":
+            url = f"{url}?{encoded}"
+        else:
+            data = encoded.encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Girder-Token", token)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        body = error.read()[:500].decode(errors="replace")
+        raise StackError(f"{method} {path} -> HTTP {error.code}: {body}") from None
+
+
+def api_answers(api_url: str) -> bool:
+    try:
+        request(api_url, "GET", "system/version")
+    except (OSError, StackError):
+        return False
+    return True
+
+
+def provision(state: dict) -> None:
+    """Admin user (the first user is admin), a filesystem assetstore and the worker settings."""
+    api = state["api_url"]
+    if ADMIN_FILE.exists():
+        admin = json.loads(ADMIN_FILE.read_text())
+    else:
+        admin = {"login": "admin", "password": secrets.token_urlsafe(18)}
+        ADMIN_FILE.touch(mode=0o600)
+        ADMIN_FILE.write_text(json.dumps(admin))
+    credentials = (admin["login"], admin["password"])
+    try:
+        token = request(api, "GET", "user/authentication", auth=credentials)["authToken"]["token"]
+    except StackError:  # a fresh (in-memory) database: no users yet, and the first one is admin
+        user = {
+            "login": admin["login"],
+            "password": admin["password"],
+            "email": "admin@lnassist.invalid",
+            "firstName": "DSA",
+            "lastName": "Admin",
+        }
+        request(api, "POST", "user", user)
+        token = request(api, "GET", "user/authentication", auth=credentials)["authToken"]["token"]
+    if not request(api, "GET", "assetstore", token=token):
+        request(
+            api,
+            "POST",
+            "assetstore",
+            {"name": "local", "type": 0, "root": str(STATE_DIR / "assetstore")},
+            token=token,
+        )
+    redis = f"redis://127.0.0.1:{state['redis_port']}"
+    settings = [
+        {"key": "slicer_cli_web.task_folder", "value": task_folder(api, token)},
+        {"key": "worker.broker", "value": f"{redis}/0"},
+        {"key": "worker.backend", "value": f"{redis}/1"},
+        {"key": "worker.api_url", "value": state["api_url"]},
+    ]
+    request(api, "PUT", "system/setting", {"list": json.dumps(settings)}, token=token)
+
+
+def task_folder(api: str, token: str) -> str:
+    """The folder slicer_cli_web keeps registered CLIs in (a "Tasks" collection, as DSA sets it up)."""
+    collections = request(api, "GET", "collection", {"limit": 0}, token=token)
+    collections = [c for c in collections if c["name"] == "Tasks"]
+    if collections:
+        collection = collections[0]
+    else:
+        collection = request(api, "POST", "collection", {"name": "Tasks", "public": "true"}, token=token)
+    params = {"parentType": "collection", "parentId": collection["_id"], "name": "Slicer CLI Web Tasks"}
+    folders = request(api, "GET", "folder", params, token=token)
+    if not folders:
+        folders = [request(api, "POST", "folder", {**params, "public": "true"}, token=token)]
+    return folders[0]["_id"]
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    try:
+        if command == "up":
+            print(json.dumps(up(), indent=2))
+        elif command == "status":
+            state = public_state(read_state())
+            print(json.dumps(state, indent=2))
+            return 0 if all(state["services"].values()) and api_answers(state["api_url"] or "") else 1
+        elif command == "down":
+            down()
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except (StackError, subprocess.CalledProcessError, OSError) as error:
+        log(f"ERROR: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
