@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -262,17 +263,52 @@ def read_annotation_contours(path: str | Path) -> list[np.ndarray]:
         raise CliInputError(f"{path}: no such annotation file") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CliInputError(f"{path}: not a JSON annotation file ({type(exc).__name__}: {exc})") from exc
+    return annotation_contours(data, str(path))
+
+
+def fetch_annotation_contours(api_url: str, token: str, annotation_id: str) -> list[np.ndarray]:
+    """The closed polylines of annotation ``annotation_id`` on the Girder server at ``api_url`` (with
+    the job's token, as slicer_cli_web fills in ``girderApiUrl`` / ``girderToken``), as in
+    :func:`read_annotation_contours`. The token is never part of a message."""
+    import girder_client
+    import requests
+
+    where = f"annotation {annotation_id}"
+    if not api_url or not token:
+        raise CliInputError(
+            f"{where}: reading an annotation from Girder needs the server's API URL and a token "
+            "(--api-url / --girder-token; filled in by the server when the DSA runs the CLI)"
+        )
+    if not re.fullmatch(r"[0-9a-f]{24}", annotation_id):
+        raise CliInputError(f"{where}: not a Girder id (24 hexadecimal digits)")
+    client = girder_client.GirderClient(apiUrl=api_url)
+    client.setToken(token)
+    try:
+        record = client.get(f"annotation/{annotation_id}")
+    except girder_client.HttpError as exc:
+        raise CliInputError(
+            f"{where}: the server refused it (HTTP {exc.status}): {exc.responseText[:300]}"
+        ) from exc
+    except requests.RequestException as exc:
+        raise CliInputError(
+            f"{where}: cannot reach the Girder API at {api_url} ({type(exc).__name__})"
+        ) from exc
+    return annotation_contours(record, where)
+
+
+def annotation_contours(data: Any, where: str) -> list[np.ndarray]:
+    """The closed polylines of parsed annotation JSON (see :func:`read_annotation_contours`)."""
     contours = []
     for number, doc in enumerate(data if isinstance(data, list) else [data], start=1):
         if isinstance(doc, dict) and isinstance(doc.get("annotation"), dict):
             doc = doc["annotation"]
         if not isinstance(doc, dict) or not isinstance(doc.get("elements"), list):
-            raise CliInputError(f"{path}: document {number} is not an annotation (no 'elements' list)")
+            raise CliInputError(f"{where}: document {number} is not an annotation (no 'elements' list)")
         for index, element in enumerate(doc["elements"]):
             if isinstance(element, dict) and element.get("type") == "polyline" and element.get("closed"):
-                contours.append(_polyline_contour(element, f"{path}: document {number} element {index}"))
+                contours.append(_polyline_contour(element, f"{where}: document {number} element {index}"))
     if not contours:
-        raise CliInputError(f"{path}: no closed polyline (LN contour) in the annotation")
+        raise CliInputError(f"{where}: no closed polyline (LN contour) in the annotation")
     return contours
 
 

@@ -93,33 +93,40 @@ def upload_slide(dsa: Dsa, path: Path) -> dict:
     return {**item, "fileId": file["_id"]}
 
 
-def run_analysis(dsa: Dsa, item: dict, mode: str, heatmap_image: bool = True) -> dict:
-    """Press "Run LN analysis": the parameters HistomicsUI's panel sends (outputs into the slide's folder)."""
+def run_job(dsa: Dsa, cli_name: str, item: dict, outputs: tuple[str, ...], **params: object) -> dict:
+    """Press a CLI's button in HistomicsUI: the parameters its panel sends, outputs named after the
+    slide into the slide's folder; waits for the job to end."""
     params = {
         "inputImageFile": item["fileId"],
-        "analysisRegion": json.dumps([-1, -1, -1, -1]),
-        "mode": mode,
+        "mode": "general",
         "threshold": -1,
         "mpp": -1,
-        "detector": "",
         "classifier": "",
         "device": "auto",
         "threads": 0,
         "girderApiUrl": "",
         "girderToken": "",
+        **params,
     }
-    outputs = {
-        "outputAnnotationFile": "ln.anot",
-        "outputHeatmapAnnotationFile": "heatmap.anot",
-        "outputItemMetadata": "summary.json",
-    }
-    if heatmap_image:
-        outputs["outputHeatmapImage"] = "heatmap.tiff"
-    for name, filename in outputs.items():
-        params[name] = f"{item['name']}-{mode}-{filename}"
+    extensions = {"AnnotationFile": "anot", "ItemMetadata": "json", "Image": "tiff"}
+    for name in outputs:
+        extension = next(ext for suffix, ext in extensions.items() if name.endswith(suffix))
+        params[name] = f"{item['name']}-{cli_name}-{params['mode']}-{name}.{extension}"
         params[f"{name}_folder"] = dsa.folder_id
-    job = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis['LNAnalysis']}/run", parameters=params)
+    job = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis[cli_name]}/run", parameters=params)
     return wait_for_job(dsa.gc, job["_id"])
+
+
+def run_analysis(dsa: Dsa, item: dict, mode: str, heatmap_image: bool = True) -> dict:
+    outputs = ("outputAnnotationFile", "outputHeatmapAnnotationFile", "outputItemMetadata")
+    outputs += ("outputHeatmapImage",) if heatmap_image else ()
+    region = json.dumps([-1, -1, -1, -1])
+    return run_job(dsa, "LNAnalysis", item, outputs, mode=mode, analysisRegion=region, detector="")
+
+
+def ln_document_record(dsa: Dsa, item: dict) -> dict:
+    (record,) = [d for d in annotations(dsa.gc, item["_id"]) if d["annotation"]["name"] == "LN metastasis"]
+    return record
 
 
 def annotations(gc: girder_client.GirderClient, item_id: str) -> list[dict]:
@@ -127,9 +134,13 @@ def annotations(gc: girder_client.GirderClient, item_id: str) -> list[dict]:
     return [gc.get(f"annotation/{a['_id']}") for a in gc.get("annotation", parameters={"itemId": item_id})]
 
 
-def bbox_iou(points: list, box: list) -> float:
+def bbox_of(points: list) -> np.ndarray:
     xy = np.asarray(points, np.float64)[:, :2]
-    a = [*xy.min(axis=0), *xy.max(axis=0)]
+    return np.concatenate([xy.min(axis=0), xy.max(axis=0)])
+
+
+def bbox_iou(points: list, box: list) -> float:
+    a = bbox_of(points)
     w = max(0.0, min(a[2], box[2]) - max(a[0], box[0]))
     h = max(0.0, min(a[3], box[3]) - max(a[1], box[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (box[2] - box[0]) * (box[3] - box[1]) - w * h
@@ -205,7 +216,7 @@ def test_run_ln_analysis_job_puts_results_on_the_slide(
     (image,) = [e for e in heat_doc["elements"] if e["type"] == "image"]
     assert len(grids) == len(outlines)
     image_item = dsa.gc.get(f"item/{image['girderId']}")
-    assert image_item["name"].endswith("heatmap.tiff") and "largeImage" in image_item
+    assert image_item["name"].endswith("outputHeatmapImage.tiff") and "largeImage" in image_item
     tiles = dsa.gc.get(f"item/{image['girderId']}/tiles")
     matrix = image["transform"]["matrix"]
     covered_base_px = (tiles["sizeX"] * matrix[0][0], tiles["sizeY"] * matrix[1][1])
@@ -224,7 +235,7 @@ def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
     item = upload_slide(dsa, slide[0])
     first = run_analysis(dsa, item, "screening", heatmap_image=False)
     assert first["status"] == JOB_SUCCESS, tail(job_log(first))
-    (record,) = [d for d in annotations(dsa.gc, item["_id"]) if d["annotation"]["name"] == "LN metastasis"]
+    record = ln_document_record(dsa, item)
     # The pathologist's review: one LN relabelled, the document marked reviewed.
     reviewed = record["annotation"]
     reviewed["elements"][0]["group"] = GROUP_NEGATIVE
@@ -239,6 +250,44 @@ def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
     names = [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])]
     assert names.count("LN metastasis") == 2 and names.count("LN metastasis heatmap") == 2
     assert dsa.gc.get(f"item/{item['_id']}")["meta"]["lnassist_mode"] == "general"
+
+
+@docker_test
+def test_pathologist_corrected_outlines_are_rescored_from_girder(dsa: Dsa, slide: tuple[Path, dict]) -> None:
+    item = upload_slide(dsa, slide[0])
+    first = run_analysis(dsa, item, "general", heatmap_image=False)
+    assert first["status"] == JOB_SUCCESS, tail(job_log(first))
+    record = ln_document_record(dsa, item)
+    # The correction: one outline deleted (say, not an LN); "Classify LNs" then scores what is left,
+    # reading the annotation from Girder with the job's token.
+    corrected = record["annotation"]
+    kept, dropped = corrected["elements"][0], corrected["elements"][1:]
+    assert dropped, "the slide should have more than one LN"
+    corrected["elements"] = [kept]
+    dsa.gc.put(f"annotation/{record['_id']}", data=json.dumps(corrected))
+
+    outputs = ("outputAnnotationFile", "outputItemMetadata")
+    job = run_job(dsa, "LNClassify", item, outputs, annotationId=record["_id"], mode="screening")
+    log = job_log(job)
+    assert job["status"] == JOB_SUCCESS, tail(log)
+    assert f"1 LN outline(s) from annotation {record['_id']}" in log
+    rescored = [
+        d["annotation"]
+        for d in annotations(dsa.gc, item["_id"])
+        if d["annotation"]["name"] == "LN metastasis" and d["_id"] != record["_id"]
+    ]
+    (element,) = rescored[0]["elements"]
+    assert np.abs(bbox_of(element["points"]) - bbox_of(kept["points"])).max() <= 2
+    # Same outline (re-simplified by at most 2 px), same model: the same score.
+    assert element["user"]["score"] == pytest.approx(kept["user"]["score"], abs=0.01)
+    assert rescored[0]["attributes"]["parameters"]["annotationId"] == record["_id"]
+    meta = dsa.gc.get(f"item/{item['_id']}")["meta"]
+    assert meta["lnassist_contours"] == "annotation" and meta["lnassist_lns"] == 1
+    assert meta["lnassist_mode"] == "screening" and meta["lnassist_detector"] == ""
+
+    missing = run_job(dsa, "LNClassify", item, outputs, annotationId="0123456789abcdef01234567")
+    assert missing["status"] == JOB_ERROR
+    assert "LNClassify: error: annotation 0123456789abcdef01234567: the server refused it" in job_log(missing)
 
 
 @docker_test

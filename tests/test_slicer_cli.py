@@ -269,7 +269,8 @@ def test_lnclassify_scores_the_given_outlines(setup: Setup, tmp_path: Path) -> N
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps({"_id": "0" * 24, "annotation": {"name": "edited", "elements": elements}}))
     out = {"outputAnnotationFile": tmp_path / "ln.anot", "outputItemMetadata": tmp_path / "meta.json"}
-    result = run_cli("LNClassify", output_flags(out), [str(setup.slide), str(edited)], setup.env)
+    options = ["--inputAnnotationFile", str(edited), *output_flags(out)]
+    result = run_cli("LNClassify", options, [str(setup.slide)], setup.env)
     assert result.returncode == 0, result.stderr
     assert progress_of(result.stdout)[0] == ["classify", "write"]
     assert "classify: LN 2/2: 0.300" in result.stdout
@@ -300,6 +301,14 @@ def test_lnclassify_scores_the_given_outlines(setup: Setup, tmp_path: Path) -> N
         ("LNAnalysis", "heatmap image without its annotation", "needs --outputHeatmapAnnotationFile"),
         ("LNClassify", "annotation not JSON", "not a JSON annotation file"),
         ("LNClassify", "annotation without polylines", "no closed polyline"),
+        ("LNClassify", "no outlines given", "either as --inputAnnotationFile or as --annotationId"),
+        ("LNClassify", "annotation id and file", "either as --inputAnnotationFile or as --annotationId"),
+        ("LNClassify", "annotation id not an id", "not a Girder id"),
+        (
+            "LNClassify",
+            "annotation id, server down",
+            "cannot reach the Girder API at http://127.0.0.1:9/api/v1",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_line_and_no_outputs(
@@ -307,11 +316,20 @@ def test_bad_input_fails_with_one_line_and_no_outputs(
 ) -> None:
     out = tmp_path / "out"
     inputs = [str(tmp_path / "nope.tiff") if case == "missing slide" else str(setup.slide)]
-    if name == "LNClassify":
+    options = ["--analysisRegion=5000,100,300,300"] if case == "region outside the slide" else []
+    if (
+        name == "LNClassify"
+        and not case.startswith(("no outlines", "annotation id"))
+        or case.endswith("file")
+    ):
         annotation = tmp_path / "in.json"
         annotation.write_text("{not json" if case == "annotation not JSON" else json.dumps({"elements": []}))
-        inputs.append(str(annotation))
-    options = ["--analysisRegion=5000,100,300,300"] if case == "region outside the slide" else []
+        options += ["--inputAnnotationFile", str(annotation)]
+    if case.startswith("annotation id"):
+        options += [
+            "--annotationId",
+            "not-an-id" if case.endswith("not an id") else "0123456789abcdef01234567",
+        ]
     if case != "no output":
         options += output_flags(
             {"outputAnnotationFile": out / "ln.anot", "outputItemMetadata": out / "meta.json"}

@@ -8,10 +8,12 @@ import argparse
 import sys
 
 from lnassist.cli_support import (
+    CliInputError,
     SlicerProgress,
     analysis_config,
     analysis_outputs,
     cli_parameters,
+    fetch_annotation_contours,
     read_annotation_contours,
     run_cli,
     write_analysis,
@@ -27,10 +29,19 @@ STAGES = (
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
     outputs = analysis_outputs(args)
-    contours = read_annotation_contours(args.inputAnnotationFile)
+    if bool(args.inputAnnotationFile) == bool(args.annotationId):
+        raise CliInputError(
+            "give the LN outlines either as --inputAnnotationFile or as --annotationId (one of them)"
+        )
+    if args.inputAnnotationFile:
+        source = args.inputAnnotationFile
+        contours = read_annotation_contours(source)
+    else:
+        source = f"annotation {args.annotationId}"
+        contours = fetch_annotation_contours(args.girderApiUrl, args.girderToken, args.annotationId)
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)
-    progress("classify", 0.0, f"{len(contours)} LN outline(s) from {args.inputAnnotationFile}")
+    progress("classify", 0.0, f"{len(contours)} LN outline(s) from {source}")
     analysis = classify(open_slide(args.inputImageFile, cfg.base_mpp), contours, cfg, progress)
     write_analysis(
         analysis,
