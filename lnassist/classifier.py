@@ -27,7 +27,7 @@ from lnassist.escnn.backbones import BACKBONES
 from lnassist.escnn.model import ESCNNModel, build_model, window_to_input
 from lnassist.escnn.sources import SlideRegionSource, TileSource
 from lnassist.escnn.streaming import StreamingConfig, stream_forward
-from lnassist.fileio import atomic_output
+from lnassist.fileio import load_torch, save_torch
 from lnassist.slide import CLASSIFIER_MPP
 
 CHECKPOINT_FORMAT = "lnassist-classifier/1"
@@ -103,8 +103,7 @@ def checkpoint_payload(classifier: Classifier) -> dict[str, Any]:
 
 def save_classifier(path: str | Path, classifier: Classifier, overwrite: bool = False) -> None:
     """Write spec + weights + metadata atomically (whole file or nothing)."""
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        torch.save(checkpoint_payload(classifier), tmp)
+    save_torch(path, checkpoint_payload(classifier), overwrite=overwrite)
 
 
 def classifier_from_payload(payload: Any, origin: str) -> Classifier:
@@ -124,15 +123,7 @@ def classifier_from_payload(payload: Any, origin: str) -> Classifier:
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
     """A classifier in eval mode on ``device`` from :func:`save_classifier`'s file (``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClassifierError(f"{path}: no such classifier file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle errors on corrupt files, UnpicklingError on foreign objects
-        raise ClassifierError(
-            f"{path}: not a readable classifier checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+    payload = load_torch(path, "classifier checkpoint", ClassifierError)
     classifier = classifier_from_payload(payload, str(path))
     classifier.model.to(device)
     return classifier

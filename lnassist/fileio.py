@@ -1,8 +1,10 @@
-"""Safe file output: every file lnassist writes appears whole or not at all.
+"""Safe file I/O: every file lnassist writes appears whole or not at all, and torch files are read
+without executing code.
 
 Outputs are written under a temporary name in the destination folder and renamed into place only
 when complete, so an interrupted or failed run leaves no partial file behind, and an existing file
-is replaced only when the caller says so.
+is replaced only when the caller says so. Checkpoints and training states are loaded with
+``weights_only=True``; a missing or unreadable one is the caller's one-line error.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from lnassist.errors import LnassistError
 
@@ -44,3 +47,39 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> None:
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(text)
+
+
+def save_torch(path: str | Path, payload: Any, overwrite: bool = False) -> None:
+    """``torch.save`` whole or not at all."""
+    import torch
+
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_torch(path: str | Path, what: str, error: type[LnassistError]) -> Any:
+    """The object in a torch file, loaded with ``weights_only=True`` onto the CPU. A missing file or
+    one torch cannot read raises ``error`` naming the file and ``what`` it should have been."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what} file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle errors on corrupt files, UnpicklingError on foreign objects
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+
+
+def read_yaml_mapping(path: str | Path, what: str, error: type[LnassistError]) -> dict[str, Any]:
+    """The mapping at the top of a YAML file (an empty file is an empty mapping); an unreadable file,
+    bad YAML or any other top-level value raises ``error`` naming the file and ``what`` it is."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{what} {path} must be a mapping")
+    return raw

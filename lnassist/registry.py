@@ -189,21 +189,18 @@ def publish(
 ) -> ModelEntry:
     """Copy a trained checkpoint into the models folder (optionally with float16 weights), write its
     model card (``<id>.md``) and register it."""
-    import torch
-
-    from lnassist.fileio import atomic_output
+    from lnassist.fileio import load_torch, save_torch
 
     folder = Path(folder) if folder is not None else models_dir()
     facts = _checkpoint_facts(kind, Path(checkpoint))
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload = load_torch(checkpoint, f"{kind} checkpoint", RegistryError)
     if half:
         # Halves the file; loading copies the values back into float32 parameters.
         payload["state_dict"] = {
             k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
         }
     target = folder / f"{model_id}.pt"
-    with atomic_output(target, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    save_torch(target, payload, overwrite=True)
     _checkpoint_facts(kind, target)  # the shipped file itself must load
     digest = sha256_of(target)
     summary: dict[str, Any] = {}

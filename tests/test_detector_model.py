@@ -91,7 +91,7 @@ def test_checkpoint_round_trip(tmp_path, small_model):
 
 
 def test_corrupt_and_foreign_checkpoints_raise(tmp_path, small_model):
-    with pytest.raises(DetectorError, match="no such checkpoint"):
+    with pytest.raises(DetectorError, match="no such detector checkpoint file"):
         load_checkpoint(tmp_path / "missing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(np.random.default_rng(0).bytes(5000))

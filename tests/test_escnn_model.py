@@ -38,8 +38,12 @@ def test_backbones_have_only_frozen_bn_and_the_right_head(name, channels):
 def test_unknown_backbone_and_bad_weights_are_clear_errors(tmp_path):
     with pytest.raises(BackboneError, match="unknown backbone"):
         build_model("vgg16")
-    with pytest.raises(BackboneError, match="not found"):
+    with pytest.raises(BackboneError, match="no such pretrained weights file"):
         build_model("resnet18", pretrained_path=tmp_path / "missing.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(BackboneError, match="not a readable pretrained weights"):
+        build_model("resnet18", pretrained_path=garbage)
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, wrong)
     with pytest.raises(BackboneError, match="torchvision resnet18"):

@@ -52,7 +52,7 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(ClassifierError, match="weights do not match the resnet18"):
         load_classifier(tmp_path / "mismatch.pt")
-    with pytest.raises(ClassifierError, match="no such classifier file"):
+    with pytest.raises(ClassifierError, match="no such classifier checkpoint file"):
         load_classifier(tmp_path / "missing.pt")
     with pytest.raises(ClassifierError, match="unknown method"):
         ClassifierSpec(method="svm")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnassist.detector import DetectorError
-from lnassist.fileio import atomic_output
+from lnassist.fileio import load_torch, save_torch
 from lnassist.slide import DETECTOR_MPP
 
 CHECKPOINT_FORMAT = "lnassist-detector/1"
@@ -146,20 +146,12 @@ def save_checkpoint(
         # Through JSON: plain types only, which weights_only loading accepts (a str subclass would not be).
         "metadata": json.loads(json.dumps(metadata or {})),
     }
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        torch.save(payload, tmp)
+    save_torch(path, payload, overwrite=overwrite)
 
 
 def load_checkpoint(path: str | Path) -> tuple[LNDetector, dict[str, Any]]:
     """(detector in eval mode on the CPU, metadata) from a checkpoint written by :func:`save_checkpoint`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DetectorError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle errors on corrupt files, UnpicklingError on foreign objects
-        reason = f"{type(exc).__name__}: {exc}"
-        raise DetectorError(f"{path}: not a readable detector checkpoint ({reason})") from exc
+    payload = load_torch(path, "detector checkpoint", DetectorError)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise DetectorError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lnassist.errors import LnassistError
+from lnassist.fileio import load_torch
 
 BACKBONES = ("resnet50", "resnet18", "tiny")
 
@@ -78,12 +79,7 @@ def _resnet_trunk(name: str, pretrained_path: str | Path | None) -> nn.Sequentia
     net = getattr(torchvision.models, name)(weights=None)
     if pretrained_path is not None:
         path = Path(pretrained_path)
-        if not path.is_file():
-            raise BackboneError(f"pretrained weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unreadable file is the user's to fix
-            raise BackboneError(f"cannot read pretrained weights {path}: {exc}") from exc
+        state = load_torch(path, "pretrained weights", BackboneError)
         if not isinstance(state, dict):
             raise BackboneError(f"{path} does not hold a state dict")
         try:

@@ -69,14 +69,9 @@ class DatasetConfig:
 
 def load_config(path: str | Path, **overrides) -> DatasetConfig:
     """DatasetConfig from YAML (top-level keys as the dataclass; splits as mappings), then overrides."""
-    import yaml
+    from lnassist.fileio import read_yaml_mapping
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SynthError(f"cannot read data set config {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SynthError(f"data set config {path} must be a mapping")
+    raw = read_yaml_mapping(path, "data set config", SynthError)
     base = DatasetConfig()
     known = set(asdict(base))
     unknown = set(raw) - known

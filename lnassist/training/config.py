@@ -148,19 +148,13 @@ PRESETS = {"paper": PAPER, "cpu": CPU}
 
 def load_config(path: str | Path | None, preset: str = "paper", **overrides: Any) -> TrainConfig:
     """A preset, updated by the keys of a YAML file (if given), then by ``overrides``."""
-    import yaml
+    from lnassist.fileio import read_yaml_mapping
 
     if preset not in PRESETS:
         raise TrainingError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     data = PRESETS[preset].to_dict()
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise TrainingError(f"cannot read training config {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise TrainingError(f"training config {path} must be a mapping")
-        data.update(raw)
+        data.update(read_yaml_mapping(path, "training config", TrainingError))
     data.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(data, str(path or preset))
 

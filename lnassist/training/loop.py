@@ -44,7 +44,7 @@ from lnassist.classifier import (
 from lnassist.escnn.augment import AugmentedSource, draw_params
 from lnassist.escnn.model import window_to_input
 from lnassist.escnn.streaming import StreamingConfig, stream_train_step
-from lnassist.fileio import atomic_output, write_text_atomic
+from lnassist.fileio import load_torch, save_torch, write_text_atomic
 from lnassist.training import TrainingError
 from lnassist.training.config import TrainConfig, dump_config
 from lnassist.training.data import TrainImage, images_from_manifest, open_image
@@ -247,15 +247,11 @@ def _save_state(
         "rng": json.dumps(rng.bit_generator.state),
         "history": json.loads(json.dumps(history)),
     }
-    with atomic_output(path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    save_torch(path, payload, overwrite=True)
 
 
 def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"{path}: not a readable training state ({type(exc).__name__}: {exc})") from exc
+    payload = load_torch(path, "training state", TrainingError)
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"{path}: not a {STATE_FORMAT} file")
     saved = TrainConfig.from_dict(payload["config"], str(path)).to_dict()
