@@ -359,6 +359,9 @@ def run_analyze(args: Any) -> int:
 def analysis_summary(analysis: Analysis, item_metadata: dict[str, Any]) -> dict[str, Any]:
     return {
         "slide": analysis.slide_path,
+        "base_mpp": analysis.base_mpp,
+        "size_base_px": list(analysis.size_base_px),
+        "region_base_px": list(analysis.region_base_px) if analysis.region_base_px else None,
         "counts": analysis.counts,
         "mode": analysis.mode,
         "threshold": analysis.threshold,

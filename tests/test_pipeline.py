@@ -17,6 +17,7 @@ from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
 WIDTH_PX, HEIGHT_PX = 9000, 5200  # a micrometastatic node needs a 2.3 mm short side
+SVS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
 OUTPUTS = ("ln-annotation.json", "heatmap-annotation.json", "summary.json", "overlay.png")
 
 
@@ -81,6 +82,44 @@ def test_screening_threshold_and_region(slide: tuple[Path, dict]) -> None:
     xs, ys = inside.lns[0].contour_base_px[:, 0], inside.lns[0].contour_base_px[:, 1]
     assert xs.min() >= region[0] - 8 and xs.max() <= region[0] + region[2] + 8
     assert ys.min() >= region[1] - 8 and ys.max() <= region[1] + region[3] + 8
+
+
+def test_a_slide_at_another_base_resolution_is_resampled_and_answered_in_its_own_pixels(
+    tmp_path: Path,
+) -> None:
+    """A 0.25 um/px (40x-class) slide: the models still see 7.36 / 0.46 um/px, and every coordinate
+    that comes back is in this slide's base pixels (contours on the true LNs, CAM cells 0.46/0.25
+    times as many base pixels apart as on a 20x slide)."""
+    mpp = 0.25
+    layout = LayoutConfig(8000, 5000, seed=5, mpp=mpp, categories=("negative",))
+    gt = write_slide(tmp_path / "s40.tiff", layout, workers=1)
+    analysis = analyze(tmp_path / "s40.tiff", AnalysisConfig(mode="general"))
+    assert analysis.base_mpp == pytest.approx(mpp) and analysis.size_base_px == (8000, 5000)
+    truths = [np.asarray(n["contour"]) for n in gt["nodes"]]
+    assert len(analysis.lns) == len(truths)
+    for ln in analysis.lns:
+        assert _iou_best(ln.contour_base_px, truths, (5000 // 8 + 1, 8000 // 8 + 1)) > 0.85
+        # CAM cells: the classifier's stride in its 0.46 um/px pixels, expressed in base pixels (the
+        # LN's read is sized in whole pixels, so its scale may differ from 0.46 / 0.25 by < 0.1 %).
+        stride_px = ln.cam.dx_base_px * mpp / 0.46
+        assert stride_px == pytest.approx(round(stride_px), rel=1e-3) and round(stride_px) >= 1
+        assert ln.cam.dy_base_px == pytest.approx(ln.cam.dx_base_px)
+        assert np.isfinite(ln.cam.values).any()
+
+
+def test_a_real_aperio_slide_runs_end_to_end(tmp_path: Path) -> None:
+    """The real scanner file (skin, no LN): opened through large_image at its own resolution, the
+    outputs valid whatever is found there."""
+    if not SVS.is_file():
+        pytest.fail(f"the shared real slide is missing: {SVS}")
+    out = tmp_path / "out"
+    assert main(["analyze", str(SVS), "--out", str(out), "--threads", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["base_mpp"] == pytest.approx(0.499, abs=0.01)
+    ln_doc = json.loads((out / "ln-annotation.json").read_text())
+    validate_document(ln_doc)
+    validate_document(json.loads((out / "heatmap-annotation.json").read_text()))
+    assert ln_doc["attributes"]["counts"]["lns"] == summary["counts"]["lns"] == len(ln_doc["elements"])
 
 
 def test_region_validation() -> None:
