@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ JOB_SUCCESS, JOB_ERROR = 3, 4
 JOB_TIMEOUT_S = 900
 LAYOUT = LayoutConfig(4600, 2600, seed=3, categories=("negative", "itc"))
 LAYOUT_SIZE = (LAYOUT.width_px, LAYOUT.height_px)
+SECOND_LAYOUT = LayoutConfig(4600, 2600, seed=4, categories=("negative",))
 
 
 @dataclass
@@ -229,6 +231,22 @@ def test_run_ln_analysis_job_puts_results_on_the_slide(
 
 
 @docker_test
+def test_detect_only_job_gives_annotators_the_outlines(dsa: Dsa, slide: tuple[Path, dict]) -> None:
+    path, gt = slide
+    item = upload_slide(dsa, path)
+    region = json.dumps([-1, -1, -1, -1])
+    job = run_job(dsa, "LNDetect", item, ("outputAnnotationFile",), analysisRegion=region, detector="")
+    assert job["status"] == JOB_SUCCESS, tail(job_log(job))
+    (doc,) = [d["annotation"] for d in annotations(dsa.gc, item["_id"])]
+    assert doc["name"] == "LN contours" and doc["attributes"]["cli"] == "LNDetect"
+    assert len(doc["elements"]) == len(gt["nodes"])
+    assert {e["group"] for e in doc["elements"]} == {"LN"} and all(
+        "score" not in e["user"] for e in doc["elements"]
+    )
+    assert not any(key.startswith("lnassist_") for key in dsa.gc.get(f"item/{item['_id']}").get("meta", {}))
+
+
+@docker_test
 def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
     dsa: Dsa, slide: tuple[Path, dict]
 ) -> None:
@@ -288,6 +306,54 @@ def test_pathologist_corrected_outlines_are_rescored_from_girder(dsa: Dsa, slide
     missing = run_job(dsa, "LNClassify", item, outputs, annotationId="0123456789abcdef01234567")
     assert missing["status"] == JOB_ERROR
     assert "LNClassify: error: annotation 0123456789abcdef01234567: the server refused it" in job_log(missing)
+
+
+@docker_test
+def test_batch_over_a_folder_analyses_every_slide(dsa: Dsa, slide: tuple[Path, dict], tmp_path: Path) -> None:
+    """The admin's batch run: slicer_cli_web's folder + name-regex input runs the CLI once per large
+    image, outputs named after each slide by template, results on each slide's item."""
+    folder = dsa.gc.createFolder(dsa.folder_id, f"batch-{uuid.uuid4().hex[:6]}")
+    second = tmp_path / "second-slide.tiff"
+    truths = {"node-slide.tiff": slide[1], "second-slide.tiff": write_slide(second, SECOND_LAYOUT, workers=1)}
+    for path in (slide[0], second):
+        dsa.gc.uploadFileToFolder(folder["_id"], str(path))
+    (tmp_path / "notes.txt").write_text("not matched by the regex\n")
+    dsa.gc.uploadFileToFolder(folder["_id"], str(tmp_path / "notes.txt"))
+    params = {
+        "inputImageFile": r"\.tiff$",
+        "inputImageFile_folder": folder["_id"],
+        "analysisRegion": json.dumps([-1, -1, -1, -1]),
+        "mode": "general",
+        "threshold": -1,
+        "mpp": -1,
+        "detector": "",
+        "classifier": "",
+        "device": "auto",
+        "threads": 0,
+        "girderApiUrl": "",
+        "girderToken": "",
+    }
+    for name, extension in (("outputAnnotationFile", "anot"), ("outputItemMetadata", "json")):
+        params[name] = f"{{{{parameter_inputImageFile_base}}}}-{name}.{extension}"
+        params[f"{name}_folder"] = folder["_id"]
+    batch = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis['LNAnalysis']}/run", parameters=params)
+    batch = wait_for_job(dsa.gc, batch["_id"])
+    log = job_log(batch)
+    assert batch["status"] == JOB_SUCCESS, log
+    assert log.count("Scheduling job") == 2
+    children = re.findall(r"Scheduling job ([0-9a-f]{24})", log)
+    for child in children:
+        assert wait_for_job(dsa.gc, child)["status"] == JOB_SUCCESS, tail(job_log(dsa.gc.get(f"job/{child}")))
+    items = {item["name"]: item for item in dsa.gc.listItem(folder["_id"])}
+    for name, gt in truths.items():
+        stem = name.rsplit(".", 1)[0]
+        assert f"{stem}-outputAnnotationFile.anot" in items and f"{stem}-outputItemMetadata.json" in items
+        docs = [d["annotation"] for d in annotations(dsa.gc, items[name]["_id"])]
+        assert [d["name"] for d in docs] == ["LN metastasis"]
+        assert len(docs[0]["elements"]) == len(gt["nodes"])
+        meta = dsa.gc.get(f"item/{items[name]['_id']}")["meta"]
+        assert meta["lnassist_lns"] == len(gt["nodes"]) and meta["lnassist_mode"] == "general"
+    assert annotations(dsa.gc, items["notes.txt"]["_id"]) == []
 
 
 @docker_test
