@@ -25,14 +25,14 @@ from pathlib import Path
 import girder_client
 import numpy as np
 import pytest
-from docker_helpers import NAMES, REPO, docker_test, tail
+from docker_helpers import NAMES, REPO, docker, docker_test, tail
 
 from lnassist.annotations import GROUP_NEGATIVE, GROUP_POSITIVE
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
 STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
-JOB_SUCCESS, JOB_ERROR = 3, 4
+JOB_RUNNING, JOB_SUCCESS, JOB_ERROR, JOB_CANCELED = 2, 3, 4, 5
 JOB_TIMEOUT_S = 900
 LAYOUT = LayoutConfig(4600, 2600, seed=3, categories=("negative", "itc"))
 LAYOUT_SIZE = (LAYOUT.width_px, LAYOUT.height_px)
@@ -44,6 +44,7 @@ class Dsa:
     gc: girder_client.GirderClient
     clis: dict[str, str]  # CLI name -> its Girder item id
     folder_id: str
+    image: str
 
 
 def stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -54,7 +55,7 @@ def wait_for_job(gc: girder_client.GirderClient, job_id: str) -> dict:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
         job = gc.get(f"job/{job_id}")
-        if job["status"] in (JOB_SUCCESS, JOB_ERROR, 5):
+        if job["status"] in (JOB_SUCCESS, JOB_ERROR, JOB_CANCELED):
             return job
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not finish within {JOB_TIMEOUT_S} s")
@@ -82,7 +83,7 @@ def dsa(image: str) -> Dsa:
         clis = {cli["name"]: cli["_id"] for cli in gc.get("slicer_cli_web/cli") if cli["image"] == image}
         collection = gc.createCollection(f"lnassist-test-{uuid.uuid4().hex[:8]}", public=False)
         folder = gc.createFolder(collection["_id"], "slides", parentType="collection")
-        yield Dsa(gc, clis, folder["_id"])
+        yield Dsa(gc, clis, folder["_id"], image)
     finally:
         if not was_running:
             stack("down", timeout=120)
@@ -354,6 +355,42 @@ def test_batch_over_a_folder_analyses_every_slide(dsa: Dsa, slide: tuple[Path, d
         meta = dsa.gc.get(f"item/{items[name]['_id']}")["meta"]
         assert meta["lnassist_lns"] == len(gt["nodes"]) and meta["lnassist_mode"] == "general"
     assert annotations(dsa.gc, items["notes.txt"]["_id"]) == []
+
+
+@docker_test
+def test_a_cancelled_job_is_cancelled_not_failed_and_leaves_nothing(dsa: Dsa, tmp_path: Path) -> None:
+    """Cancel once the container runs (4 LNs on one CPU thread take longer than the worker needs to
+    stop it): the job ends CANCELED, not ERROR; the container is gone; no output reaches the slide or
+    its folder."""
+    path = tmp_path / "four-nodes.tiff"
+    write_slide(path, LayoutConfig(10000, 6000, seed=8, categories=("negative",) * 4), workers=1)
+    folder = dsa.gc.createFolder(dsa.folder_id, f"cancel-{uuid.uuid4().hex[:6]}")
+    file = dsa.gc.uploadFileToFolder(folder["_id"], str(path))
+    item = {**dsa.gc.get(f"item/{file['itemId']}"), "fileId": file["_id"]}
+    outputs = ("outputAnnotationFile", "outputHeatmapAnnotationFile", "outputItemMetadata")
+    params = {
+        "inputImageFile": item["fileId"],
+        "analysisRegion": json.dumps([-1, -1, -1, -1]),
+        "threads": 1,
+        "girderApiUrl": "",
+        "girderToken": "",
+    }
+    for name in outputs:
+        params[name] = f"{name}.{'json' if name.endswith('Metadata') else 'anot'}"
+        params[f"{name}_folder"] = folder["_id"]
+    job = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis['LNAnalysis']}/run", parameters=params)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (job := dsa.gc.get(f"job/{job['_id']}"))["status"] != JOB_RUNNING:
+        assert job["status"] not in (JOB_SUCCESS, JOB_ERROR) and time.monotonic() < deadline, job_log(job)
+        time.sleep(0.2)
+    dsa.gc.put(f"job/{job['_id']}/cancel")
+    job = wait_for_job(dsa.gc, job["_id"])
+    assert job["status"] == JOB_CANCELED, job_log(job)
+    assert annotations(dsa.gc, item["_id"]) == []
+    assert [i["name"] for i in dsa.gc.listItem(folder["_id"])] == ["four-nodes.tiff"]
+    assert "lnassist_lns" not in dsa.gc.get(f"item/{item['_id']}").get("meta", {})
+    running = docker("ps", "--quiet", "--filter", f"ancestor={dsa.image}")
+    assert running.returncode == 0 and running.stdout.strip() == ""
 
 
 @docker_test
