@@ -329,15 +329,15 @@ def _polyline_contour(element: Mapping[str, Any], where: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- outputs
 
-ANALYSIS_OUTPUTS = (
-    "outputAnnotationFile",
-    "outputHeatmapAnnotationFile",
-    "outputHeatmapImage",
-    "outputItemMetadata",
-)
 # The heatmap document's image element names this output; slicer_cli_web's ingest swaps the name
 # for the id of the item the image was uploaded as.
 HEATMAP_IMAGE_OUTPUT = "outputHeatmapImage"
+ANALYSIS_OUTPUTS = (
+    "outputAnnotationFile",
+    "outputHeatmapAnnotationFile",
+    HEATMAP_IMAGE_OUTPUT,
+    "outputItemMetadata",
+)
 
 
 def write_analysis(
@@ -370,7 +370,9 @@ def write_analysis(
         analysis,
         cli_name,
         parameters,
-        image_girder_id=HEATMAP_IMAGE_OUTPUT if image is not None and analysis.lns else None,
+        # Without any CAM the image is one transparent pixel: written (the output was asked for),
+        # not placed.
+        image_girder_id=HEATMAP_IMAGE_OUTPUT if image is not None and image.rgba[..., 3].any() else None,
         image_transform=image.transform() if image is not None else None,
     )
     metadata[ITEM_METADATA_PREFIX + "contours"] = contours_from

@@ -143,14 +143,20 @@ def write_state(state: dict) -> None:
     tmp.replace(STATE_FILE)
 
 
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def started_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), or None when there is no such process."""
     try:
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return True
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(state: dict, name: str) -> bool:
+    """Whether the service we started is still running: same pid and same start time, so a pid the
+    system has since given to another process (after a reboot, say) is never taken for ours."""
+    pid = state.get(f"{name}_pid")
+    return bool(pid) and started_ticks(pid) == state.get(f"{name}_started")
 
 
 def port_open(port: int) -> bool:
@@ -159,7 +165,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start(name: str, command: list[str], env: dict[str, str]) -> int:
+def start(name: str, command: list[str], env: dict[str, str], state: dict) -> None:
+    """Start a service in its own session (``down`` stops its whole process group); pid and start
+    time go into ``state``."""
     out = open(LOGS / f"{name}.log", "ab")
     process = subprocess.Popen(
         command,
@@ -170,15 +178,15 @@ def start(name: str, command: list[str], env: dict[str, str]) -> int:
         cwd=STATE_DIR,
         start_new_session=True,
     )
-    return process.pid
+    state[f"{name}_pid"], state[f"{name}_started"] = process.pid, started_ticks(process.pid)
 
 
-def wait_for(what: str, check, pid: int, timeout_s: float = START_TIMEOUT_S) -> None:
+def wait_for(what: str, check, state: dict, timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
-        if not alive(pid):
+        if not alive(state, what):
             raise StackError(f"{what} exited during start-up (log: {LOGS / (what + '.log')})")
         time.sleep(0.5)
     raise StackError(f"{what} did not come up within {timeout_s:.0f} s (log: {LOGS / (what + '.log')})")
@@ -215,7 +223,7 @@ def up() -> dict:
     state = read_state()
     state["docker_host"] = docker_host()
     # A stack whose database went away is restarted whole: Girder and the worker hold state in it.
-    if not (alive(state.get("database_pid")) and port_open(state.get("database_port", 0))):
+    if not (alive(state, "database") and port_open(state.get("database_port", 0))):
         down(quiet=True)
         state = {"docker_host": state["docker_host"]}
     for key in ("database_port", "redis_port", "girder_port"):
@@ -223,7 +231,7 @@ def up() -> dict:
     env = service_env(state)
     bin_dir = VENV / "bin"
 
-    if not alive(state.get("database_pid")):
+    if not alive(state, "database"):
         command = [
             str(bin_dir / "secantusd-py"),
             "--host",
@@ -233,9 +241,9 @@ def up() -> dict:
             "--storage-path",
             ":memory:",
         ]
-        state["database_pid"] = start("database", command, env)
-        wait_for("database", lambda: port_open(state["database_port"]), state["database_pid"])
-    if not alive(state.get("redis_pid")):
+        start("database", command, env, state)
+        wait_for("database", lambda: port_open(state["database_port"]), state)
+    if not alive(state, "redis"):
         command = [
             redis_server,
             "--port",
@@ -247,10 +255,10 @@ def up() -> dict:
             "--appendonly",
             "no",
         ]
-        state["redis_pid"] = start("redis", command, env)
-        wait_for("redis", lambda: port_open(state["redis_port"]), state["redis_pid"])
+        start("redis", command, env, state)
+        wait_for("redis", lambda: port_open(state["redis_port"]), state)
     state["api_url"] = f"http://127.0.0.1:{state['girder_port']}/api/v1"
-    if not alive(state.get("girder_pid")):
+    if not alive(state, "girder"):
         database = f"mongodb://127.0.0.1:{state['database_port']}/girder"
         command = [
             str(bin_dir / "girder"),
@@ -262,15 +270,15 @@ def up() -> dict:
             "--port",
             str(state["girder_port"]),
         ]
-        state["girder_pid"] = start("girder", command, env)
-        wait_for("girder", lambda: api_answers(state["api_url"]), state["girder_pid"])
+        start("girder", command, env, state)
+        wait_for("girder", lambda: api_answers(state["api_url"]), state)
     write_state(state)
     provision(state)
-    if not alive(state.get("worker_pid")):
+    if not alive(state, "worker"):
         since = (LOGS / "worker.log").stat().st_size if (LOGS / "worker.log").exists() else 0
         command = [str(bin_dir / "girder-worker"), "-l", "info", "--concurrency=1"]
-        state["worker_pid"] = start("worker", command, env)
-        wait_for("worker", lambda: worker_ready(since), state["worker_pid"])
+        start("worker", command, env, state)
+        wait_for("worker", lambda: worker_ready(since), state)
     write_state(state)
     return public_state(state)
 
@@ -278,14 +286,14 @@ def up() -> dict:
 def down(quiet: bool = False) -> None:
     state = read_state()
     for name in reversed(SERVICES):
-        pid = state.get(f"{name}_pid")
-        if not alive(pid):
+        if not alive(state, name):
             continue
+        pid = state[f"{name}_pid"]
         if not quiet:
             log(f"stopping {name} (pid {pid})")
         os.killpg(pid, signal.SIGTERM)
         for _ in range(40):
-            if not alive(pid):
+            if not alive(state, name):
                 break
             time.sleep(0.25)
         else:
@@ -299,7 +307,7 @@ def public_state(state: dict) -> dict:
         "admin_file": str(ADMIN_FILE),
         "docker_host": state.get("docker_host"),
         "logs": str(LOGS),
-        "services": {name: alive(state.get(f"{name}_pid")) for name in SERVICES},
+        "services": {name: alive(state, name) for name in SERVICES},
     }
 
 
