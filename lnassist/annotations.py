@@ -196,7 +196,7 @@ def heatmap_document(
     name: str = "LN metastasis heatmap",
     image_girder_id: str | None = None,
     image_transform: Mapping[str, Any] | None = None,
-    image_opacity: float = 0.8,
+    image_opacity: float = 0.5,
     max_values_per_element: int = MAX_VALUES_PER_ELEMENT,
     max_values_per_document: int = MAX_VALUES_PER_DOCUMENT,
 ) -> dict[str, Any]:

@@ -31,14 +31,12 @@ def paint_cams(
     lns: Sequence[Any],
     width_px: int,
     height_px: int,
-    origin_base_px: tuple[float, float],
     px_base: tuple[float, float],
 ) -> np.ndarray:
     """float32 (height_px, width_px) canvas of the LNs' CAM values, 0 where no LN has one.
 
-    Canvas pixel (r, c) covers base pixels [origin + c * px_base[0], origin + (c + 1) * px_base[0])
-    along x (likewise y) and takes the nearest CAM cell of each LN covering it (the maximum where
-    LNs overlap).
+    Canvas pixel (r, c) covers base pixels [c * px_base[0], (c + 1) * px_base[0]) along x (likewise
+    y) and takes the nearest CAM cell of each LN covering it (the maximum where LNs overlap).
     """
     heat = np.zeros((height_px, width_px), np.float32)
     for ln in lns:
@@ -48,8 +46,8 @@ def paint_cams(
         rows, cols = values.shape
         # Cell (r, c) is centred at origin + (c dx, r dy): its box starts half a cell earlier.
         # x0, y0, cell_w, cell_h in canvas pixels.
-        x0 = (ln.cam.origin_base_px[0] - ln.cam.dx_base_px / 2 - origin_base_px[0]) / px_base[0]
-        y0 = (ln.cam.origin_base_px[1] - ln.cam.dy_base_px / 2 - origin_base_px[1]) / px_base[1]
+        x0 = (ln.cam.origin_base_px[0] - ln.cam.dx_base_px / 2) / px_base[0]
+        y0 = (ln.cam.origin_base_px[1] - ln.cam.dy_base_px / 2) / px_base[1]
         cell_w, cell_h = ln.cam.dx_base_px / px_base[0], ln.cam.dy_base_px / px_base[1]
         tx0, ty0 = max(0, math.floor(x0)), max(0, math.floor(y0))
         tx1, ty1 = min(width_px, math.ceil(x0 + cell_w * cols)), min(height_px, math.ceil(y0 + cell_h * rows))
@@ -70,7 +68,7 @@ def overlay_image(slide: Any, analysis: Any, max_side_px: int = MAX_SIDE_PX) -> 
     image = slide.read_thumbnail(mpp).astype(np.float32)
     h, w = image.shape[:2]
     scale_x, scale_y = w / slide.width_px, h / slide.height_px
-    heat = paint_cams(analysis.lns, w, h, (0.0, 0.0), (1 / scale_x, 1 / scale_y))
+    heat = paint_cams(analysis.lns, w, h, (1 / scale_x, 1 / scale_y))
     colour = np.stack([np.full_like(heat, 255), 255 * (1 - heat), np.zeros_like(heat)], axis=-1)
     alpha = (0.65 * heat)[..., None]
     image = (image * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
@@ -109,42 +107,42 @@ def write_overlay_png(path: str | Path, slide: Any, analysis: Any, overwrite: bo
 
 @dataclass(frozen=True)
 class HeatmapOverlay:
-    """The LNs' CAMs as one RGBA image, one pixel per CAM cell, placed on the slide by a transform."""
+    """The LNs' CAMs as one RGBA image, one pixel per CAM cell; pixel (0, 0) starts at base (0, 0)."""
 
     rgba: np.ndarray  # (rows, cols, 4) uint8
-    origin_base_px: tuple[float, float]  # base-pixel position of the top-left corner of pixel (0, 0)
     px_base: float  # base pixels per image pixel, both axes
 
     def transform(self) -> dict[str, Any]:
-        """The annotation ``image`` element's transform: base = matrix @ image pixel + offset."""
-        return {
-            "xoffset": round(float(self.origin_base_px[0]), 2),
-            "yoffset": round(float(self.origin_base_px[1]), 2),
-            "matrix": [[float(self.px_base), 0.0], [0.0, float(self.px_base)]],
-        }
+        """The annotation ``image`` element's transform: base pixel = matrix @ image pixel."""
+        scale = float(self.px_base)
+        return {"xoffset": 0, "yoffset": 0, "matrix": [[scale, 0.0], [0.0, scale]]}
 
 
 def heatmap_overlay(lns: Sequence[Any], threshold: float) -> HeatmapOverlay:
-    """The CAMs of ``lns`` (:class:`lnassist.annotations.LNResult`) over their common bounding box in
-    the colours of :func:`lnassist.annotations.heatmap_colour_stops`; transparent outside the LNs.
-    Without any CAM: a single transparent pixel at the slide's origin."""
+    """The CAMs of ``lns`` (:class:`lnassist.annotations.LNResult`) in the colours of
+    :func:`lnassist.annotations.heatmap_colour_stops`, transparent outside the LNs, one pixel per CAM
+    cell, from the slide's base origin to the far corner of the last LN.
+
+    The image starts at base (0, 0), so its transform has no offset: HistomicsUI 1.8's client
+    multiplies the offsets by the power-of-two part of the transform's scale (seen in a browser
+    here), and without an offset every reading places the image alike. Each pixel takes the
+    nearest cell, so an LN's cells may sit up to half a cell off the image's pixel grid.
+    Without any CAM: a single transparent pixel."""
     from lnassist.annotations import heatmap_colour_stops
 
     cams = [ln.cam for ln in lns if ln.cam is not None]
     if not cams:
-        return HeatmapOverlay(np.zeros((1, 1, 4), np.uint8), (0.0, 0.0), 1.0)
+        return HeatmapOverlay(np.zeros((1, 1, 4), np.uint8), 1.0)
     px = min(min(cam.dx_base_px, cam.dy_base_px) for cam in cams)
-    x0 = min(cam.origin_base_px[0] - cam.dx_base_px / 2 for cam in cams)
-    y0 = min(cam.origin_base_px[1] - cam.dy_base_px / 2 for cam in cams)
     x1 = max(cam.origin_base_px[0] + (cam.values.shape[1] - 0.5) * cam.dx_base_px for cam in cams)
     y1 = max(cam.origin_base_px[1] + (cam.values.shape[0] - 0.5) * cam.dy_base_px for cam in cams)
-    width, height = math.ceil((x1 - x0) / px - 1e-6), math.ceil((y1 - y0) / px - 1e-6)
-    heat = paint_cams(lns, width, height, (x0, y0), (px, px))
+    width, height = math.ceil(x1 / px - 1e-6), math.ceil(y1 / px - 1e-6)
+    heat = paint_cams(lns, width, height, (px, px))
     stops = heatmap_colour_stops(threshold)
     scores = [value for value, _, _ in stops]
     channels = [[colour[i] for _, colour, _ in stops] for i in range(3)] + [[255 * a for _, _, a in stops]]
     rgba = np.stack([np.interp(heat, scores, channel) for channel in channels], axis=-1)
-    return HeatmapOverlay(np.round(rgba).astype(np.uint8), (float(x0), float(y0)), float(px))
+    return HeatmapOverlay(np.round(rgba).astype(np.uint8), float(px))
 
 
 def heatmap_tiff_bytes(overlay: HeatmapOverlay) -> bytes:

@@ -42,15 +42,18 @@ def test_overlay_places_every_cam_cell_at_its_base_position_in_the_ramp_colours(
     lns = [ln(1, a, (116.0, 216.0)), ln(2, b, (500.0, 408.0))]
     overlay = heatmap_overlay(lns, THRESHOLD)
     transform = overlay.transform()
-    # The box starts half a cell before LN 1's first cell centre and ends half a cell after LN 2's.
-    assert overlay.origin_base_px == (100.0, 200.0) and overlay.px_base == SPACING
-    assert overlay.rgba.shape == (7, 13, 4)  # rows (424 - 200) / 32, columns (516 - 100) / 32
+    # From the slide's origin (no offset: every client reads that alike) to LN 2's far corner.
+    assert transform == {"xoffset": 0, "yoffset": 0, "matrix": [[SPACING, 0.0], [0.0, SPACING]]}
+    assert overlay.rgba.shape == (14, 17, 4)  # rows ceil(424 / 32), columns ceil(516 / 32)
+    covered = np.zeros(overlay.rgba.shape[:2], bool)
     for cam_ln in lns:
         cam = cam_ln.cam
         for (r, c), value in np.ndenumerate(cam.values):
             centre = np.array(cam.origin_base_px) + [c * SPACING, r * SPACING]
-            col, row = np.floor((centre - overlay.origin_base_px) / SPACING).astype(int)
+            col, row = np.floor(centre / SPACING).astype(int)
+            # The image pixel holding the cell's centre is within half a cell of it and shows it.
             assert to_base(transform, col + 0.5, row + 0.5) == pytest.approx(centre, abs=SPACING / 2)
+            covered[row, col] = True
             pixel = overlay.rgba[row, col]
             if np.isnan(value) or value == 0:
                 assert pixel[3] == 0  # transparent outside the LN and at score 0
@@ -63,17 +66,28 @@ def test_overlay_places_every_cam_cell_at_its_base_position_in_the_ramp_colours(
                 alpha_lo, alpha_hi = (0.0, 0.5) if value < THRESHOLD else (0.5, 0.9)
                 t = (value - lo) / (hi - lo)
                 assert pixel[3] == pytest.approx(255 * (alpha_lo + t * (alpha_hi - alpha_lo)), abs=1)
-    # Pixels covered by neither LN stay transparent.
-    covered = np.zeros(overlay.rgba.shape[:2], bool)
-    covered[0:2, 0:3] = True
-    covered[6:7, 12:13] = True
-    assert not overlay.rgba[~covered][:, 3].any()
+    # Pixels that overlap no LN's cells show nothing.
+    overlapping = np.zeros_like(covered)
+    for cam_ln in lns:
+        cam = cam_ln.cam
+        x0, y0 = np.array(cam.origin_base_px) - SPACING / 2
+        x1, y1 = x0 + cam.values.shape[1] * SPACING, y0 + cam.values.shape[0] * SPACING
+        cols = np.arange(overlay.rgba.shape[1])
+        rows = np.arange(overlay.rgba.shape[0])
+        overlapping[
+            np.ix_(
+                (rows * SPACING < y1) & ((rows + 1) * SPACING > y0),
+                (cols * SPACING < x1) & ((cols + 1) * SPACING > x0),
+            )
+        ] = True
+    assert covered[overlapping].sum() == covered.sum()
+    assert not overlay.rgba[~overlapping][:, 3].any()
 
 
 def test_paint_cams_takes_the_maximum_where_lns_overlap() -> None:
     first = ln(1, np.full((2, 2), 0.3), (16.0, 16.0))
     second = ln(2, np.full((2, 2), 0.8), (48.0, 16.0))  # one cell column shared with the first
-    heat = paint_cams([first, second], 3, 2, (0.0, 0.0), (SPACING, SPACING))
+    heat = paint_cams([first, second], 3, 2, (SPACING, SPACING))
     np.testing.assert_allclose(heat, [[0.3, 0.8, 0.8], [0.3, 0.8, 0.8]], rtol=1e-6)
 
 
@@ -126,8 +140,4 @@ def test_heatmap_document_places_the_image_with_the_overlay_transform() -> None:
     )
     validate_document(doc, cli_outputs={"outputHeatmapImage"})
     (image,) = [e for e in doc["elements"] if e["type"] == "image"]
-    assert image["hasAlpha"] and image["transform"] == {
-        "xoffset": 100.0,
-        "yoffset": 200.0,
-        "matrix": [[SPACING, 0.0], [0.0, SPACING]],
-    }
+    assert image["hasAlpha"] and image["transform"] == overlay.transform()

@@ -7,6 +7,11 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
                                        settings; print the state (API URL, ports; no secrets) as JSON
     python tools/dsa_stack.py status   print the state; exit 1 when a service does not answer
     python tools/dsa_stack.py down     stop the services (the venv and logs stay)
+    python tools/dsa_stack.py web      build Girder's web client with HistomicsUI (node 20 + npm;
+                                       about 3 min cold) so that a browser can show the slides and
+                                       annotations at http://127.0.0.1:PORT/histomics; restart the
+                                       stack (down, up) to serve it. tools/histomicsui_shot.js takes
+                                       a screenshot of a slide there.
 
 The server side lives in its own venv, as in production the Girder container and the CLI image are
 separate environments; lnassist itself is not installed there. Everything is under
@@ -89,21 +94,23 @@ def ensure_venv() -> None:
     stamp.write_text(wanted)
 
 
-def ensure_redis() -> str:
-    found = shutil.which("redis-server")
+def apt_install(command: str, *packages: str) -> str:
+    """The path of ``command``, installing Debian ``packages`` first when it is missing."""
+    found = shutil.which(command)
     if found:
         return found
+    names = " ".join(packages)
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise StackError("redis-server is not installed (apt-get install redis-server, as root)")
-    log("installing redis-server with apt-get")
+        raise StackError(f"{command} is not installed (apt-get install {names}, as root)")
+    log(f"installing {names} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
     with open(LOGS / "apt.log", "w") as out:
         if subprocess.run(install, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
             subprocess.run(["apt-get", "update", "-q"], stdout=out, stderr=subprocess.STDOUT, env=env)
             if subprocess.run(install, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
-                raise StackError(f"apt-get install redis-server failed (log: {LOGS / 'apt.log'})")
-    return shutil.which("redis-server") or "/usr/bin/redis-server"
+                raise StackError(f"apt-get install {names} failed (log: {LOGS / 'apt.log'})")
+    return shutil.which(command) or f"/usr/bin/{command}"
 
 
 def docker_host() -> str:
@@ -219,7 +226,7 @@ def up() -> dict:
     for folder in (STATE_DIR, LOGS, STATE_DIR / "assetstore"):
         folder.mkdir(parents=True, exist_ok=True)
     ensure_venv()
-    redis_server = ensure_redis()
+    redis_server = apt_install("redis-server", "redis-server")
     state = read_state()
     state["docker_host"] = docker_host()
     # A stack whose database went away is restarted whole: Girder and the worker hold state in it.
@@ -406,6 +413,44 @@ def task_folder(api: str, token: str) -> str:
     return folders[0]["_id"]
 
 
+def build_web_client() -> None:
+    """``girder build`` with the two fixes Girder 3.2.18's build files need for large_image's and
+    HistomicsUI's clients (../shared/reference/dsa-notes.md): babel must also compile
+    ``@girder/core`` (else "Cannot set property restRequest"), and one Backbone for all (else
+    HistomicsUI's router never starts). Re-applied after every venv install; idempotent."""
+    ensure_venv()
+    web = next((VENV / "lib").glob("python3*/site-packages/girder/web_client"))
+    config = web / "grunt_tasks" / "webpack.config.js"
+    text = config.read_text()
+    if "exclude: /node_modules/\n" in text:
+        config.write_text(
+            text.replace("exclude: /node_modules/\n", "exclude: /node_modules\\/(?!@girder\\/core\\/)/\n")
+        )
+    template = web / "package.json.template"
+    text = template.read_text()
+    if '"overrides"' not in text:
+        template.write_text(text.replace("{\n", '{\n    "overrides": {"backbone": "^1.4.0"},\n', 1))
+    env = {
+        **os.environ,
+        "NODE_OPTIONS": "--openssl-legacy-provider",
+        # geojs pulls canvas, whose install script downloads a binary: not needed for the client.
+        "npm_config_ignore_scripts": "true",
+    }
+    apt_install("chromium", "chromium", "fonts-liberation")
+    node_dir = STATE_DIR / "node"
+    if not (node_dir / "node_modules" / "playwright-core").is_dir():
+        install = ["npm", "install", "--prefix", str(node_dir), "playwright-core@1"]
+        if subprocess.run(
+            install, capture_output=True, env={**os.environ, "npm_config_ignore_scripts": "true"}
+        ).returncode:
+            raise StackError("npm install playwright-core failed")
+    log(f"girder build (log: {LOGS / 'web-build.log'})")
+    with open(LOGS / "web-build.log", "w") as out:
+        build = [str(VENV / "bin" / "girder"), "build"]
+        if subprocess.run(build, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
+            raise StackError(f"girder build failed (log: {LOGS / 'web-build.log'})")
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else ""
     try:
@@ -417,6 +462,9 @@ def main(argv: list[str]) -> int:
             return 0 if all(state["services"].values()) and api_answers(state["api_url"] or "") else 1
         elif command == "down":
             down()
+        elif command == "web":
+            LOGS.mkdir(parents=True, exist_ok=True)
+            build_web_client()
         else:
             print(__doc__, file=sys.stderr)
             return 2
