@@ -8,10 +8,10 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
     python tools/dsa_stack.py status   print the state; exit 1 when a service does not answer
     python tools/dsa_stack.py down     stop the services (the venv and logs stay)
     python tools/dsa_stack.py web      build Girder's web client with HistomicsUI (node 20 + npm;
-                                       about 3 min cold) so that a browser can show the slides and
-                                       annotations at http://127.0.0.1:PORT/histomics; restart the
-                                       stack (down, up) to serve it. tools/histomicsui_shot.js takes
-                                       a screenshot of a slide there.
+                                       about 3 min, once per server venv) so that a browser can show
+                                       slides and annotations at http://127.0.0.1:PORT/histomics;
+                                       prints "built" (restart the stack: down, up) or "up to date".
+                                       tools/histomicsui_shot.js takes a screenshot of a slide there.
 
 The server side lives in its own venv, as in production the Girder container and the CLI image are
 separate environments; lnassist itself is not installed there. Everything is under
@@ -413,12 +413,24 @@ def task_folder(api: str, token: str) -> str:
     return folders[0]["_id"]
 
 
-def build_web_client() -> None:
+def build_web_client() -> bool:
     """``girder build`` with the two fixes Girder 3.2.18's build files need for large_image's and
     HistomicsUI's clients (../shared/reference/dsa-notes.md): babel must also compile
     ``@girder/core`` (else "Cannot set property restRequest"), and one Backbone for all (else
-    HistomicsUI's router never starts). Re-applied after every venv install; idempotent."""
+    HistomicsUI's router never starts). Built once per server venv (stamp ``.web-built``); also
+    installs Chromium (apt) and playwright-core (npm) for tools/histomicsui_shot.js."""
     ensure_venv()
+    apt_install("chromium", "chromium", "fonts-liberation")
+    # Install scripts stay off: geojs pulls canvas, whose script downloads a binary nobody needs here.
+    npm_env = {**os.environ, "npm_config_ignore_scripts": "true"}
+    node_dir = STATE_DIR / "node"
+    if not (node_dir / "node_modules" / "playwright-core").is_dir():
+        install = ["npm", "install", "--prefix", str(node_dir), "playwright-core@1"]
+        if subprocess.run(install, capture_output=True, env=npm_env).returncode:
+            raise StackError("npm install playwright-core failed")
+    stamp = VENV / ".web-built"
+    if stamp.exists() and stamp.read_text() == (VENV / ".pins").read_text():
+        return False
     web = next((VENV / "lib").glob("python3*/site-packages/girder/web_client"))
     config = web / "grunt_tasks" / "webpack.config.js"
     text = config.read_text()
@@ -430,25 +442,14 @@ def build_web_client() -> None:
     text = template.read_text()
     if '"overrides"' not in text:
         template.write_text(text.replace("{\n", '{\n    "overrides": {"backbone": "^1.4.0"},\n', 1))
-    env = {
-        **os.environ,
-        "NODE_OPTIONS": "--openssl-legacy-provider",
-        # geojs pulls canvas, whose install script downloads a binary: not needed for the client.
-        "npm_config_ignore_scripts": "true",
-    }
-    apt_install("chromium", "chromium", "fonts-liberation")
-    node_dir = STATE_DIR / "node"
-    if not (node_dir / "node_modules" / "playwright-core").is_dir():
-        install = ["npm", "install", "--prefix", str(node_dir), "playwright-core@1"]
-        if subprocess.run(
-            install, capture_output=True, env={**os.environ, "npm_config_ignore_scripts": "true"}
-        ).returncode:
-            raise StackError("npm install playwright-core failed")
     log(f"girder build (log: {LOGS / 'web-build.log'})")
     with open(LOGS / "web-build.log", "w") as out:
         build = [str(VENV / "bin" / "girder"), "build"]
+        env = {**npm_env, "NODE_OPTIONS": "--openssl-legacy-provider"}
         if subprocess.run(build, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
             raise StackError(f"girder build failed (log: {LOGS / 'web-build.log'})")
+    stamp.write_text((VENV / ".pins").read_text())
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -464,7 +465,8 @@ def main(argv: list[str]) -> int:
             down()
         elif command == "web":
             LOGS.mkdir(parents=True, exist_ok=True)
-            build_web_client()
+            # A running Girder serves the new client only after a restart (down, up).
+            print("built" if build_web_client() else "up to date")
         else:
             print(__doc__, file=sys.stderr)
             return 2

@@ -1,24 +1,41 @@
 // A screenshot of a slide and its annotations in HistomicsUI, as a pathologist would see it, from the
-// stack of tools/dsa_stack.py (after `dsa_stack.py web` and a restart):
+// stack of tools/dsa_stack.py (after `dsa_stack.py web`, which also installs playwright-core):
 //
-//   NODE_PATH=/var/tmp/lnassist-dsa/node/node_modules node tools/histomicsui_shot.js ITEM_ID OUT.png [WAIT_MS]
+//   NODE_PATH=/var/tmp/lnassist-dsa/node/node_modules node tools/histomicsui_shot.js ITEM_ID OUT.png \
+//       [--wait MS] [--bounds LEFT,TOP,RIGHT,BOTTOM] [--points '[[x, y], ...]'] [--hide-panels]
 //
 // Logs in as the stack's admin (admin.json; the token goes into the browser only, never printed),
-// opens /histomics#?image=ITEM_ID in headless Chromium, waits WAIT_MS (default 20000) for tiles and
-// annotations, writes the screenshot and prints the page's errors.
+// opens /histomics#?image=ITEM_ID (showing --bounds, in base pixels, if given) in headless Chromium,
+// waits (default 20000 ms) for tiles and annotations, hides HistomicsUI's side panels if asked (so that
+// the whole map shows) and writes the screenshot. The last line of
+// output is JSON: {"points": the page pixel of each --points base pixel, "errors": the page's errors}.
 'use strict';
 const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
 
-const stateDir = process.env.LNASSIST_DSA_DIR || '/var/tmp/lnassist-dsa';
-const [itemId, out, waitMs] = process.argv.slice(2);
-if (!itemId || !out) {
-    console.error('usage: node tools/histomicsui_shot.js ITEM_ID OUT.png [WAIT_MS]');
-    process.exit(2);
+function parseArgs(argv) {
+    const args = { wait: 20000, bounds: null, points: [], hidePanels: false };
+    const positional = [];
+    for (let i = 0; i < argv.length; i += 1) {
+        if (argv[i] === '--wait') args.wait = parseInt(argv[++i], 10);
+        else if (argv[i] === '--bounds') args.bounds = argv[++i];
+        else if (argv[i] === '--points') args.points = JSON.parse(argv[++i]);
+        else if (argv[i] === '--hide-panels') args.hidePanels = true;
+        else positional.push(argv[i]);
+    }
+    [args.item, args.out] = positional;
+    return args;
 }
 
 (async () => {
+    const args = parseArgs(process.argv.slice(2));
+    if (!args.item || !args.out) {
+        console.error('usage: node tools/histomicsui_shot.js ITEM_ID OUT.png [--wait MS] [--bounds L,T,R,B] ' +
+            '[--points JSON] [--hide-panels]');
+        process.exit(2);
+    }
+    const stateDir = process.env.LNASSIST_DSA_DIR || '/var/tmp/lnassist-dsa';
     const state = JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json')));
     const admin = JSON.parse(fs.readFileSync(path.join(stateDir, 'admin.json')));
     const basic = Buffer.from(`${admin.login}:${admin.password}`).toString('base64');
@@ -43,11 +60,24 @@ if (!itemId || !out) {
         page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
         await page.goto(`${root}/`, { waitUntil: 'load' });
         await page.evaluate((t) => localStorage.setItem('girderToken', t), token);
-        await page.goto(`${root}/histomics#?image=${itemId}`, { waitUntil: 'load' });
-        await page.waitForTimeout(parseInt(waitMs || '20000', 10));
-        await page.screenshot({ path: out });
-        console.log(`wrote ${out}`);
-        errors.forEach((e) => console.log(e));
+        const bounds = args.bounds ? `&bounds=${args.bounds},0` : '';
+        await page.goto(`${root}/histomics#?image=${args.item}${bounds}`, { waitUntil: 'load' });
+        await page.waitForTimeout(args.wait);
+        if (args.hidePanels) {
+            await page.evaluate(() => document.querySelectorAll('.s-panel-group').forEach((e) => { e.style.display = 'none'; }));
+            await page.waitForTimeout(500);
+        }
+        await page.screenshot({ path: args.out });
+        const points = await page.evaluate((basePoints) => {
+            const node = document.querySelector('.geojs-map');
+            const map = window.geo.jQuery(node).data('data-geojs-map');
+            const rect = node.getBoundingClientRect();
+            return basePoints.map(([x, y]) => {
+                const p = map.gcsToDisplay({ x, y });
+                return [p.x + rect.left, p.y + rect.top];
+            });
+        }, args.points);
+        console.log(JSON.stringify({ points, errors }));
     } finally {
         await browser.close();
     }
