@@ -316,7 +316,7 @@ def run_analyze(args: Any) -> int:
     from lnassist.fileio import refuse_existing
 
     out = Path(args.out)
-    paths = {k: out / v for k, v in OUTPUT_NAMES.items()}
+    paths = output_paths(out)
     for path in paths.values():
         refuse_existing(path, args.overwrite)
     if args.threads:
@@ -375,6 +375,11 @@ def analysis_summary(analysis: Analysis, item_metadata: dict[str, Any]) -> dict[
     }
 
 
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """Where ``lnassist analyze`` writes each output (OUTPUT_NAMES) in folder ``out``."""
+    return {key: Path(out) / name for key, name in OUTPUT_NAMES.items()}
+
+
 def write_local_outputs(
     analysis: Analysis, out: Path, cli_name: str, parameters: dict[str, Any], overwrite: bool = False
 ) -> dict[str, Path]:
@@ -386,7 +391,7 @@ def write_local_outputs(
     from lnassist.overlay import write_overlay_png
     from lnassist.slide import open_slide
 
-    paths = {k: Path(out) / v for k, v in OUTPUT_NAMES.items()}
+    paths = output_paths(out)
     ln_doc, heat_doc, metadata = analysis_documents(analysis, cli_name, parameters)
     summary = analysis_summary(analysis, metadata)
     write_text_atomic(paths["annotation"], json.dumps(ln_doc) + "\n", overwrite=overwrite)

@@ -104,35 +104,45 @@ def upload_slide(dsa: Dsa, path: Path) -> dict:
     return {**item, "fileId": file["_id"]}
 
 
-def run_job(dsa: Dsa, cli_name: str, item: dict, outputs: tuple[str, ...], **params: object) -> dict:
-    """Press a CLI's button in HistomicsUI: the parameters its panel sends, outputs named after the
-    slide into the slide's folder; waits for the job to end."""
-    params = {
-        "inputImageFile": item["fileId"],
-        "mode": "general",
-        "threshold": -1,
-        "mpp": -1,
-        "classifier": "",
-        "device": "auto",
-        "threads": 0,
-        "girderApiUrl": "",
-        "girderToken": "",
-        **params,
-    }
-    extensions = {"AnnotationFile": "anot", "ItemMetadata": "json", "Image": "tiff"}
+# What HistomicsUI's panel sends for the parameters a test leaves alone.
+JOB_DEFAULTS = {
+    "mode": "general",
+    "threshold": -1,
+    "mpp": -1,
+    "classifier": "",
+    "device": "auto",
+    "threads": 0,
+    "girderApiUrl": "",
+    "girderToken": "",
+}
+WHOLE_SLIDE = json.dumps([-1, -1, -1, -1])
+OUTPUT_EXTENSIONS = {"AnnotationFile": "anot", "ItemMetadata": "json", "Image": "tiff"}
+
+
+def start_job(
+    dsa: Dsa, cli_name: str, outputs: tuple[str, ...], stem: str, folder_id: str, **params: object
+) -> dict:
+    """Press a CLI's button in HistomicsUI: POST .../run with ``params`` over :data:`JOB_DEFAULTS`,
+    each output named ``STEM-NAME.EXT`` in ``folder_id``. Returns the job without waiting."""
+    params = {**JOB_DEFAULTS, **params}
     for name in outputs:
-        extension = next(ext for suffix, ext in extensions.items() if name.endswith(suffix))
-        params[name] = f"{item['name']}-{cli_name}-{params['mode']}-{name}.{extension}"
-        params[f"{name}_folder"] = dsa.folder_id
-    job = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis[cli_name]}/run", parameters=params)
+        extension = next(ext for suffix, ext in OUTPUT_EXTENSIONS.items() if name.endswith(suffix))
+        params[name] = f"{stem}-{name}.{extension}"
+        params[f"{name}_folder"] = folder_id
+    return dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis[cli_name]}/run", parameters=params)
+
+
+def run_job(dsa: Dsa, cli_name: str, item: dict, outputs: tuple[str, ...], **params: object) -> dict:
+    """A CLI on an uploaded slide, outputs named after the slide into the test folder; waits for the end."""
+    stem = f"{item['name']}-{cli_name}-{params.get('mode', JOB_DEFAULTS['mode'])}"
+    job = start_job(dsa, cli_name, outputs, stem, dsa.folder_id, inputImageFile=item["fileId"], **params)
     return wait_for_job(dsa.gc, job["_id"])
 
 
 def run_analysis(dsa: Dsa, item: dict, mode: str, heatmap_image: bool = True) -> dict:
     outputs = ("outputAnnotationFile", "outputHeatmapAnnotationFile", "outputItemMetadata")
     outputs += ("outputHeatmapImage",) if heatmap_image else ()
-    region = json.dumps([-1, -1, -1, -1])
-    return run_job(dsa, "LNAnalysis", item, outputs, mode=mode, analysisRegion=region, detector="")
+    return run_job(dsa, "LNAnalysis", item, outputs, mode=mode, analysisRegion=WHOLE_SLIDE, detector="")
 
 
 def ln_document_record(dsa: Dsa, item: dict) -> dict:
@@ -243,8 +253,7 @@ def test_run_ln_analysis_job_puts_results_on_the_slide(
 def test_detect_only_job_gives_annotators_the_outlines(dsa: Dsa, slide: tuple[Path, dict]) -> None:
     path, gt = slide
     item = upload_slide(dsa, path)
-    region = json.dumps([-1, -1, -1, -1])
-    job = run_job(dsa, "LNDetect", item, ("outputAnnotationFile",), analysisRegion=region, detector="")
+    job = run_job(dsa, "LNDetect", item, ("outputAnnotationFile",), analysisRegion=WHOLE_SLIDE, detector="")
     assert job["status"] == JOB_SUCCESS, tail(job_log(job))
     (doc,) = [d["annotation"] for d in annotations(dsa.gc, item["_id"])]
     assert doc["name"] == "LN contours" and doc["attributes"]["cli"] == "LNDetect"
@@ -328,24 +337,18 @@ def test_batch_over_a_folder_analyses_every_slide(dsa: Dsa, slide: tuple[Path, d
         dsa.gc.uploadFileToFolder(folder["_id"], str(path))
     (tmp_path / "notes.txt").write_text("not matched by the regex\n")
     dsa.gc.uploadFileToFolder(folder["_id"], str(tmp_path / "notes.txt"))
-    params = {
-        "inputImageFile": r"\.tiff$",
-        "inputImageFile_folder": folder["_id"],
-        "analysisRegion": json.dumps([-1, -1, -1, -1]),
-        "mode": "general",
-        "threshold": -1,
-        "mpp": -1,
-        "detector": "",
-        "classifier": "",
-        "device": "auto",
-        "threads": 0,
-        "girderApiUrl": "",
-        "girderToken": "",
-    }
-    for name, extension in (("outputAnnotationFile", "anot"), ("outputItemMetadata", "json")):
-        params[name] = f"{{{{parameter_inputImageFile_base}}}}-{name}.{extension}"
-        params[f"{name}_folder"] = folder["_id"]
-    batch = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis['LNAnalysis']}/run", parameters=params)
+    # Outputs named by template after each slide.
+    batch = start_job(
+        dsa,
+        "LNAnalysis",
+        ("outputAnnotationFile", "outputItemMetadata"),
+        "{{parameter_inputImageFile_base}}",
+        folder["_id"],
+        inputImageFile=r"\.tiff$",
+        inputImageFile_folder=folder["_id"],
+        analysisRegion=WHOLE_SLIDE,
+        detector="",
+    )
     batch = wait_for_job(dsa.gc, batch["_id"])
     log = job_log(batch)
     assert batch["status"] == JOB_SUCCESS, log
@@ -376,17 +379,17 @@ def test_a_cancelled_job_is_cancelled_not_failed_and_leaves_nothing(dsa: Dsa, tm
     file = dsa.gc.uploadFileToFolder(folder["_id"], str(path))
     item = {**dsa.gc.get(f"item/{file['itemId']}"), "fileId": file["_id"]}
     outputs = ("outputAnnotationFile", "outputHeatmapAnnotationFile", "outputItemMetadata")
-    params = {
-        "inputImageFile": item["fileId"],
-        "analysisRegion": json.dumps([-1, -1, -1, -1]),
-        "threads": 1,
-        "girderApiUrl": "",
-        "girderToken": "",
-    }
-    for name in outputs:
-        params[name] = f"{name}.{'json' if name.endswith('Metadata') else 'anot'}"
-        params[f"{name}_folder"] = folder["_id"]
-    job = dsa.gc.post(f"slicer_cli_web/cli/{dsa.clis['LNAnalysis']}/run", parameters=params)
+    job = start_job(
+        dsa,
+        "LNAnalysis",
+        outputs,
+        "cancelled",
+        folder["_id"],
+        inputImageFile=item["fileId"],
+        analysisRegion=WHOLE_SLIDE,
+        detector="",
+        threads=1,
+    )
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while (job := dsa.gc.get(f"job/{job['_id']}"))["status"] != JOB_RUNNING:
         assert job["status"] not in (JOB_SUCCESS, JOB_ERROR) and time.monotonic() < deadline, job_log(job)
