@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest tests -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check lnassist tests benchmarks cli tools
+	$(BIN)/ruff check lnassist tests benchmarks cli tools plugin
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_synth.py

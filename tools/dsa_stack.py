@@ -7,14 +7,17 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
                                        settings; print the state (API URL, ports; no secrets) as JSON
     python tools/dsa_stack.py status   print the state; exit 1 when a service does not answer
     python tools/dsa_stack.py down     stop the services (the venv and logs stay)
-    python tools/dsa_stack.py web      build Girder's web client with HistomicsUI (node 20 + npm;
-                                       about 3 min, once per server venv) so that a browser can show
+    python tools/dsa_stack.py web      build Girder's web client with HistomicsUI and our plugin's
+                                       client (node 20 + npm; about 3 min, again only when the venv
+                                       or the plugin's client changes) so that a browser can show
                                        slides and annotations at http://127.0.0.1:PORT/histomics;
                                        prints "built" (restart the stack: down, up) or "up to date".
                                        tools/histomicsui_shot.js takes a screenshot of a slide there.
 
 The server side lives in its own venv, as in production the Girder container and the CLI image are
-separate environments; lnassist itself is not installed there. Everything is under
+separate environments: it holds our Girder plugin (``plugin/``, editable, so Girder loads it at
+start) and lnassist's torch-free contract modules (the package installed editable with ``--no-deps``:
+no torch, no models). Everything is under
 ``$LNASSIST_DSA_DIR`` (default ``/var/tmp/lnassist-dsa``): ``venv/``, ``assetstore/``, ``logs/``,
 ``state.json`` and ``admin.json`` (the admin login, mode 0600; never printed). The database is
 in memory: a restarted stack is a fresh, empty Girder. Needs root the first time (apt-get for
@@ -24,6 +27,7 @@ redis-server, dockerd). Uses only the standard library, so any Python 3.11 runs 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -39,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PLUGIN = REPO / "plugin"
 STATE_DIR = Path(os.environ.get("LNASSIST_DSA_DIR", "/var/tmp/lnassist-dsa"))
 VENV = STATE_DIR / "venv"
 LOGS = STATE_DIR / "logs"
@@ -77,21 +82,34 @@ class StackError(RuntimeError):
 # ------------------------------------------------------------------------------------ set-up
 
 
-def ensure_venv() -> None:
+def venv_stamp() -> str:
+    """What the server venv was provisioned from: the pins, the checkout its editable installs point
+    at and the plugin's pyproject.toml (dependencies, entry point), so that a change to any of them
+    re-provisions an existing venv."""
+    plugin = hashlib.sha256((PLUGIN / "pyproject.toml").read_bytes()).hexdigest()
+    return "\n".join([*SERVER_PINS, f"editable from {REPO}", f"plugin/pyproject.toml sha256:{plugin}"])
+
+
+def ensure_venv() -> bool:
+    """Provision the server venv unless its stamp is current; True when it did."""
     stamp = VENV / ".pins"
-    wanted = "\n".join(SERVER_PINS)
+    wanted = venv_stamp()
     if stamp.exists() and stamp.read_text() == wanted:
-        return
+        return False
     log(f"installing the Girder server stack into {VENV} (about a minute)")
     python = shutil.which("python3.11") or sys.executable
     if not (VENV / "bin" / "python").exists():
         subprocess.run([python, "-m", "venv", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    # lnassist goes in without its dependencies (torch among them): the server only imports its
+    # standard-library-only modules. Both are editable, so the venv follows the working tree.
+    steps = (["--upgrade", "pip"], list(SERVER_PINS), ["--no-deps", "-e", str(REPO)], ["-e", str(PLUGIN)])
     with open(LOGS / "pip.log", "w") as out:
-        for args in (["--upgrade", "pip"], list(SERVER_PINS)):
+        for args in steps:
             if subprocess.run(pip + args, stdout=out, stderr=subprocess.STDOUT).returncode:
                 raise StackError(f"pip install of the server stack failed (log: {LOGS / 'pip.log'})")
     stamp.write_text(wanted)
+    return True
 
 
 def apt_install(command: str, *packages: str) -> str:
@@ -225,7 +243,8 @@ def service_env(state: dict) -> dict[str, str]:
 def up() -> dict:
     for folder in (STATE_DIR, LOGS, STATE_DIR / "assetstore"):
         folder.mkdir(parents=True, exist_ok=True)
-    ensure_venv()
+    if ensure_venv():
+        down(quiet=True)  # services started from the old venv would not load what changed in it
     redis_server = apt_install("redis-server", "redis-server")
     state = read_state()
     state["docker_host"] = docker_host()
@@ -417,8 +436,9 @@ def build_web_client() -> bool:
     """``girder build`` with the two fixes Girder 3.2.18's build files need for large_image's and
     HistomicsUI's clients (../shared/reference/dsa-notes.md): babel must also compile
     ``@girder/core`` (else "Cannot set property restRequest"), and one Backbone for all (else
-    HistomicsUI's router never starts). Built once per server venv (stamp ``.web-built``); also
-    installs Chromium (apt) and playwright-core (npm) for tools/histomicsui_shot.js."""
+    HistomicsUI's router never starts). Built again only when the server venv or our plugin's
+    client changes (stamp ``.web-built``); also installs Chromium (apt) and playwright-core (npm)
+    for tools/histomicsui_shot.js."""
     ensure_venv()
     apt_install("chromium", "chromium", "fonts-liberation")
     # Install scripts stay off: geojs pulls canvas, whose script downloads a binary nobody needs here.
@@ -429,7 +449,8 @@ def build_web_client() -> bool:
         if subprocess.run(install, capture_output=True, env=npm_env).returncode:
             raise StackError("npm install playwright-core failed")
     stamp = VENV / ".web-built"
-    if stamp.exists() and stamp.read_text() == (VENV / ".pins").read_text():
+    wanted = web_stamp()
+    if stamp.exists() and stamp.read_text() == wanted:
         return False
     web = next((VENV / "lib").glob("python3*/site-packages/girder/web_client"))
     config = web / "grunt_tasks" / "webpack.config.js"
@@ -448,8 +469,19 @@ def build_web_client() -> bool:
         env = {**npm_env, "NODE_OPTIONS": "--openssl-legacy-provider"}
         if subprocess.run(build, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
             raise StackError(f"girder build failed (log: {LOGS / 'web-build.log'})")
-    stamp.write_text((VENV / ".pins").read_text())
+    stamp.write_text(wanted)
     return True
+
+
+def web_stamp() -> str:
+    """What the web client is built from: the server venv and our plugin's client sources (editable,
+    so an edit there changes the client without changing the venv)."""
+    digest = hashlib.sha256()
+    client = PLUGIN / "girder_lnassist" / "web_client"
+    for path in sorted(client.rglob("*")):
+        if path.is_file() and "node_modules" not in path.parts:
+            digest.update(str(path.relative_to(client)).encode() + b"\0" + path.read_bytes())
+    return f"{venv_stamp()}\nplugin web_client sha256:{digest.hexdigest()}"
 
 
 def main(argv: list[str]) -> int:
