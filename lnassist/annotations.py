@@ -2,10 +2,10 @@
 
 This module owns the output format of an LN analysis on the DSA side: one document with an outline
 per LN (group, label, colour and provenance per LN), a separate heatmap document (HistomicsUI
-draws griddata only in documents without polylines), flat item metadata for the slide, and the
-check of a document against large_image's own annotation JSON schema. Inputs are the plain
-dataclasses below, so nothing here depends on the rest of the pipeline. Coordinates are base-level
-slide pixels (``*_base_px``) throughout.
+draws griddata only in documents without polylines), the detector's unscored outlines for
+annotators, flat item metadata for the slide, and the check of a document against large_image's
+own annotation JSON schema. Inputs are :mod:`lnassist.results`; names and colours are
+:mod:`lnassist.dsa`. Coordinates are base-level slide pixels (``*_base_px``) throughout.
 """
 
 from __future__ import annotations
@@ -15,23 +15,15 @@ import json
 import math
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import shapely
 
+from lnassist import dsa
 from lnassist.errors import LnassistError
-
-GROUP_POSITIVE = "LN metastasis positive"
-GROUP_NEGATIVE = "LN metastasis negative"
-GROUP_HEATMAP = "LN metastasis heatmap"
-POSITIVE_RGB = (220, 38, 38)
-NEGATIVE_RGB = (22, 163, 74)
-HEATMAP_RGB = (255, 0, 0)
-THRESHOLD_RGB = (255, 165, 0)
-LINE_WIDTH = 2  # screen pixels
+from lnassist.results import LNResult, ModelRef, Provenance
 
 # HistomicsUI's limits: larger griddata elements are stored out of line and documents beyond these
 # totals are slow or not drawn at all.
@@ -45,50 +37,15 @@ class AnnotationError(LnassistError):
     """Inputs that cannot become a valid annotation document, or a document that fails the schema."""
 
 
-@dataclass(frozen=True)
-class CamGrid:
-    """Class-activation (heatmap) grid of one LN."""
-
-    values: np.ndarray  # (rows, cols) P(metastasis) per cell in [0, 1]; NaN = outside the LN
-    origin_base_px: tuple[float, float]  # (x, y) of cell (0, 0)'s centre
-    dx_base_px: float  # cell spacing along x
-    dy_base_px: float
-
-
-@dataclass(frozen=True)
-class LNResult:
-    ln_id: int
-    contour_base_px: np.ndarray  # (N, 2) x, y polygon
-    score: float  # P(metastasis) in [0, 1]
-    positive: bool  # score >= threshold
-    area_um2: float
-    cam: CamGrid | None = None
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which model took part in an analysis (provenance); ``kind`` is e.g. detector or classifier."""
-
-    id: str
-    kind: str
-    version: str
-    sha256: str
-
-
-def rgb(colour: tuple[int, int, int]) -> str:
-    return "rgb({},{},{})".format(*colour)
-
-
-def rgba(colour: tuple[int, int, int], alpha: float) -> str:
-    # Fixed decimals: the schema's pattern rejects exponents such as 1e-05.
-    return "rgba({},{},{},{:.2f})".format(*colour, alpha)
-
-
 def heatmap_colour_stops(threshold: float) -> list[tuple[float, tuple[int, int, int], float]]:
     """(score, RGB, opacity) stops of the heatmap colour ramp, shared by the griddata and the overlay
     image: transparent at 0, half-opaque orange at the decision threshold, red at 1. Absolute
     probabilities, so the colour of a score does not depend on the other scores of the slide."""
-    return [(0.0, HEATMAP_RGB, 0.0), (float(threshold), THRESHOLD_RGB, 0.5), (1.0, HEATMAP_RGB, 0.9)]
+    return [
+        (0.0, dsa.HEATMAP_RGB, 0.0),
+        (float(threshold), dsa.THRESHOLD_RGB, 0.5),
+        (1.0, dsa.HEATMAP_RGB, 0.9),
+    ]
 
 
 def simplify_contour(
@@ -119,15 +76,8 @@ def simplify_contour(
 
 def ln_document(
     lns: Sequence[LNResult],
+    provenance: Provenance,
     *,
-    mode: str,
-    threshold: float,
-    models: Sequence[ModelRef],
-    cli_name: str,
-    version: str,
-    parameters: Mapping[str, Any],
-    timings_s: Mapping[str, float],
-    name: str = "LN metastasis",
     fill_opacity: float | None = None,
     max_vertices: int = 500,
     tolerance_base_px: float = 2.0,
@@ -136,26 +86,20 @@ def ln_document(
 
     No fill unless ``fill_opacity`` (0..1) is given: fills are expensive to draw and hide the tissue.
     """
-    _check_run(lns, mode, threshold, models)
+    mode, threshold = _check_run(lns, provenance)
     if fill_opacity is not None and not 0 <= fill_opacity <= 1:
         raise AnnotationError(f"fill_opacity must be in [0, 1], got {fill_opacity}")
-    scorer = _scoring_model(models) if lns else None
+    scorer = _scoring_model(provenance) if lns else None
     elements = []
     for ln in lns:
-        outline = simplify_contour(
-            ln.contour_base_px, max_vertices=max_vertices, tolerance_base_px=tolerance_base_px
-        )
-        colour = POSITIVE_RGB if ln.positive else NEGATIVE_RGB
+        colour = dsa.POSITIVE_RGB if ln.positive else dsa.NEGATIVE_RGB
         verdict = "positive" if ln.positive else "negative"
-        element: dict[str, Any] = {
-            "type": "polyline",
-            "closed": True,
-            "points": [[round(float(x), 1), round(float(y), 1), 0] for x, y in outline],
-            "group": GROUP_POSITIVE if ln.positive else GROUP_NEGATIVE,
-            "label": {"value": f"LN {ln.ln_id}: {verdict} (score {ln.score:.2f})"},
-            "lineColor": rgb(colour),
-            "lineWidth": LINE_WIDTH,
-            "user": {
+        element = _outline(
+            ln.contour_base_px,
+            group=dsa.GROUP_POSITIVE if ln.positive else dsa.GROUP_NEGATIVE,
+            label=f"LN {ln.ln_id}: {verdict} (score {ln.score:.2f})",
+            colour=colour,
+            user={
                 "ln_id": int(ln.ln_id),
                 "score": round(float(ln.score), 4),
                 "positive": bool(ln.positive),
@@ -165,35 +109,58 @@ def ln_document(
                 "model_version": scorer.version,
                 "area_um2": round(float(ln.area_um2), 1),
             },
-        }
+            max_vertices=max_vertices,
+            tolerance_base_px=tolerance_base_px,
+        )
         if fill_opacity is not None:
-            element["fillColor"] = rgba(colour, fill_opacity)
+            element["fillColor"] = dsa.rgba(colour, fill_opacity)
         elements.append(element)
     n_positive = sum(bool(ln.positive) for ln in lns)
-    attributes = {
-        "counts": {"lns": len(lns), "positive": n_positive, "negative": len(lns) - n_positive},
-        **_provenance(mode, threshold, models, cli_name, version),
-        "parameters": dict(parameters),
-        "timings_s": {key: round(float(seconds), 3) for key, seconds in timings_s.items()},
-    }
+    counts = {"lns": len(lns), "positive": n_positive, "negative": len(lns) - n_positive}
     return {
-        "name": name,
+        "name": dsa.DOC_LN,
         "description": f"{len(lns)} LNs, {n_positive} positive (threshold {threshold:g}, mode {mode})",
         "display": {"visible": True},
-        "attributes": attributes,
+        "attributes": _attributes(counts, provenance, run_details=True),
+        "elements": elements,
+    }
+
+
+def contour_document(
+    contours_base_px: Sequence[np.ndarray], base_mpp: float, provenance: Provenance
+) -> dict[str, Any]:
+    """The detector's contours for annotators: one closed polyline per LN in group
+    :data:`lnassist.dsa.GROUP_DETECTED`, no scores; provenance in ``attributes``."""
+    from lnassist.slide import polygon_area_base_px2
+
+    detector = provenance.model("detector")
+    if detector is None:
+        raise AnnotationError("the provenance of detected contours must name the detector")
+    elements = []
+    for number, contour in enumerate(contours_base_px, start=1):
+        area_um2 = polygon_area_base_px2(_contour_points(contour)) * base_mpp**2
+        elements.append(
+            _outline(
+                contour,
+                group=dsa.GROUP_DETECTED,
+                label=f"LN {number}",
+                colour=dsa.DETECTED_RGB,
+                user={"ln_id": number, "area_um2": round(area_um2, 1)},
+            )
+        )
+    return {
+        "name": dsa.DOC_CONTOURS,
+        "description": f"{len(elements)} LN contours from detector {detector.id} (not classified)",
+        "display": {"visible": True},
+        "attributes": _attributes({"lns": len(elements)}, provenance, run_details=True),
         "elements": elements,
     }
 
 
 def heatmap_document(
     lns: Sequence[LNResult],
+    provenance: Provenance,
     *,
-    mode: str,
-    threshold: float,
-    models: Sequence[ModelRef],
-    cli_name: str,
-    version: str,
-    name: str = "LN metastasis heatmap",
     image_girder_id: str | None = None,
     image_transform: Mapping[str, Any] | None = None,
     image_opacity: float = 0.5,
@@ -209,7 +176,7 @@ def heatmap_document(
     image has the slide's base-level size). Grids larger than the value budgets are coarsened by
     max-pooling so that no hot spot is averaged away. Colours: :func:`heatmap_colour_stops`.
     """
-    _check_run(lns, mode, threshold, models)
+    _, threshold = _check_run(lns, provenance)
     if not 0 <= image_opacity <= 1:
         raise AnnotationError(f"image_opacity must be in [0, 1], got {image_opacity}")
     with_cam = [ln for ln in lns if ln.cam is not None]
@@ -229,7 +196,7 @@ def heatmap_document(
             {
                 "type": "griddata",
                 "interpretation": "heatmap",
-                "group": GROUP_HEATMAP,
+                "group": dsa.GROUP_HEATMAP,
                 "label": {"value": f"LN {ln.ln_id} heatmap"},
                 "user": {"ln_id": int(ln.ln_id), "score": round(float(ln.score), 4), "pool_factor": factor},
                 "origin": [float(x0), float(y0), 0],
@@ -239,7 +206,7 @@ def heatmap_document(
                 "values": np.round(pooled, 3).ravel().tolist(),
                 "normalizeRange": False,
                 "rangeValues": [value for value, _, _ in stops],
-                "colorRange": [rgba(colour, alpha) for _, colour, alpha in stops],
+                "colorRange": [dsa.rgba(colour, alpha) for _, colour, alpha in stops],
                 # In base pixels with scaleWithZoom, so neighbouring cells' blobs just overlap.
                 "radius": float(max(dx, dy)),
                 "scaleWithZoom": True,
@@ -251,43 +218,34 @@ def heatmap_document(
             "girderId": image_girder_id,
             "opacity": float(image_opacity),
             "hasAlpha": True,
-            "group": GROUP_HEATMAP,
+            "group": dsa.GROUP_HEATMAP,
             "label": {"value": "LN metastasis overlay"},
         }
         if image_transform is not None:
             image["transform"] = dict(image_transform)
         elements.append(image)
     return {
-        "name": name,
+        "name": dsa.DOC_HEATMAP,
         "description": f"class-activation heatmaps of {len(with_cam)} of {len(lns)} LNs",
         "display": {"visible": True},
-        "attributes": {
-            "counts": {"lns": len(lns), "heatmaps": len(with_cam)},
-            **_provenance(mode, threshold, models, cli_name, version),
-        },
+        "attributes": _attributes(
+            {"lns": len(lns), "heatmaps": len(with_cam)}, provenance, run_details=False
+        ),
         "elements": elements,
     }
 
 
 def summary_metadata(
-    lns: Sequence[LNResult],
-    *,
-    mode: str,
-    threshold: float,
-    models: Sequence[ModelRef],
-    analysed_at: datetime,
-    version: str,
-    prefix: str = "lnassist_",
+    lns: Sequence[LNResult], provenance: Provenance, *, analysed_at: datetime, contours_from: str
 ) -> dict[str, str | int | float | bool]:
-    """Flat item metadata for the slide: counts, verdict, max score, models, time of analysis (UTC).
+    """Flat item metadata for the slide: counts, verdict, max score, models, where the contours came
+    from ("detector", or "annotation" for outlines a person gave), time of analysis (UTC).
 
-    Keys are ``prefix`` + name: Girder refuses metadata keys containing '.' or starting with '$'.
-    Every key is always present (max score 0.0 without LNs) because Girder merges metadata, so a
-    missing key would leave a previous run's value in place.
+    Keys are :data:`lnassist.dsa.METADATA_PREFIX` + name. Every key is always present (max score 0.0
+    without LNs, the detector's keys empty when no detector took part) because Girder merges
+    metadata, so a missing key would leave a previous run's value in place.
     """
-    _check_run(lns, mode, threshold, models)
-    if "." in prefix or prefix.startswith("$"):
-        raise AnnotationError(f"metadata key prefix {prefix!r} may not contain '.' or start with '$'")
+    mode, threshold = _check_run(lns, provenance)
     if analysed_at.tzinfo is None or analysed_at.utcoffset() is None:
         raise AnnotationError("analysed_at must be timezone-aware (e.g. datetime.now(UTC))")
     n_positive = sum(bool(ln.positive) for ln in lns)
@@ -299,13 +257,16 @@ def summary_metadata(
         "max_score": round(max((float(ln.score) for ln in lns), default=0.0), 4),
         "threshold": float(threshold),
         "mode": mode,
-        "version": version,
+        "version": provenance.lnassist_version,
         "analysed_at": analysed_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "contours": contours_from,
+        "detector": "",
+        "detector_version": "",
     }
-    for model in models:
+    for model in provenance.models:
         meta[model.kind] = model.id
         meta[f"{model.kind}_version"] = model.version
-    return {prefix + key: value for key, value in meta.items()}
+    return {dsa.METADATA_PREFIX + key: value for key, value in meta.items()}
 
 
 def validate_document(doc: Mapping[str, Any], *, cli_outputs: Collection[str] = ()) -> None:
@@ -418,12 +379,40 @@ def _contour_points(contour_base_px: np.ndarray) -> np.ndarray:
     return points
 
 
-def _check_run(lns: Sequence[LNResult], mode: str, threshold: float, models: Sequence[ModelRef]) -> None:
+def _outline(
+    contour_base_px: np.ndarray,
+    *,
+    group: str,
+    label: str,
+    colour: tuple[int, int, int],
+    user: dict[str, Any],
+    max_vertices: int = 500,
+    tolerance_base_px: float = 2.0,
+) -> dict[str, Any]:
+    """A closed polyline element of an LN outline (simplified), no fill."""
+    outline = simplify_contour(
+        contour_base_px, max_vertices=max_vertices, tolerance_base_px=tolerance_base_px
+    )
+    return {
+        "type": "polyline",
+        "closed": True,
+        "points": [[round(float(x), 1), round(float(y), 1), 0] for x, y in outline],
+        "group": group,
+        "label": {"value": label},
+        "lineColor": dsa.rgb(colour),
+        "lineWidth": dsa.LINE_WIDTH,
+        "user": user,
+    }
+
+
+def _check_run(lns: Sequence[LNResult], provenance: Provenance) -> tuple[str, float]:
+    """The run's (mode, threshold), once the LNs and the provenance agree with each other."""
+    mode, threshold = provenance.mode, provenance.threshold
     if not isinstance(mode, str) or not mode:
         raise AnnotationError(f"mode must be a non-empty string, got {mode!r}")
-    if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold) and 0 <= threshold <= 1):
         raise AnnotationError(f"threshold must be in [0, 1], got {threshold}")
-    kinds = [m.kind for m in models]
+    kinds = [m.kind for m in provenance.models]
     if len(set(kinds)) != len(kinds):
         raise AnnotationError(f"at most one model per kind, got kinds {kinds}")
     ids = [ln.ln_id for ln in lns]
@@ -439,25 +428,34 @@ def _check_run(lns: Sequence[LNResult], mode: str, threshold: float, models: Seq
             )
         if not (math.isfinite(ln.area_um2) and ln.area_um2 >= 0):
             raise AnnotationError(f"LN {ln.ln_id}: area_um2 must be finite and >= 0, got {ln.area_um2}")
+    return mode, float(threshold)
 
 
-def _scoring_model(models: Sequence[ModelRef]) -> ModelRef:
-    for model in models:
-        if model.kind == "classifier":
-            return model
-    raise AnnotationError("models must include the classifier that scored the LNs (kind 'classifier')")
+def _scoring_model(provenance: Provenance) -> ModelRef:
+    model = provenance.model("classifier")
+    if model is None:
+        raise AnnotationError("models must include the classifier that scored the LNs (kind 'classifier')")
+    return model
 
 
-def _provenance(
-    mode: str, threshold: float, models: Sequence[ModelRef], cli_name: str, version: str
-) -> dict[str, Any]:
-    return {
-        "mode": mode,
-        "threshold": float(threshold),
-        "models": [{"id": m.id, "kind": m.kind, "version": m.version, "sha256": m.sha256} for m in models],
-        "cli": cli_name,
-        "lnassist_version": version,
-    }
+def _attributes(counts: dict[str, int], provenance: Provenance, *, run_details: bool) -> dict[str, Any]:
+    """A document's ``attributes``: its counts and where it came from; ``run_details`` adds the run's
+    parameters and timings (kept out of the heatmap document, which repeats the LN document's run)."""
+    attributes: dict[str, Any] = {dsa.ATTR_COUNTS: counts}
+    if provenance.mode is not None:
+        attributes[dsa.ATTR_MODE] = provenance.mode
+        attributes[dsa.ATTR_THRESHOLD] = float(provenance.threshold)
+    attributes[dsa.ATTR_MODELS] = [
+        {"id": m.id, "kind": m.kind, "version": m.version, "sha256": m.sha256} for m in provenance.models
+    ]
+    attributes[dsa.ATTR_CLI] = provenance.cli
+    attributes[dsa.ATTR_VERSION] = provenance.lnassist_version
+    if run_details:
+        attributes[dsa.ATTR_PARAMETERS] = dict(provenance.parameters)
+        attributes[dsa.ATTR_TIMINGS] = {
+            key: round(float(seconds), 3) for key, seconds in provenance.timings_s.items()
+        }
+    return attributes
 
 
 def _cam_values(ln: LNResult) -> np.ndarray:

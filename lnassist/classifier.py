@@ -9,7 +9,9 @@ resolution it was trained at (``mpp``) and its ``method``:
 - ``"mil"`` (the patch baseline): the same network applied to independent ``patch_px`` patches of
   the LN image; the LN score is the maximum patch probability (max-pooling multiple-instance).
 
-Scores are ``P(metastasis)`` in [0, 1]; the label at a threshold is ``score >= threshold``.
+Scores are ``P(metastasis)`` in [0, 1]; the label at a threshold is ``score >= threshold``. An
+ESCNN classifier can return its class-activation map with the score from the same streamed pass
+(the paper's heatmap); the MIL baseline has none.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from lnassist.errors import LnassistError
 from lnassist.escnn.backbones import BACKBONES
 from lnassist.escnn.model import ESCNNModel, build_model, window_to_input
 from lnassist.escnn.sources import SlideRegionSource, TileSource
-from lnassist.escnn.streaming import StreamingConfig, stream_forward
+from lnassist.escnn.streaming import CamResult, StreamingConfig, stream_cam, stream_forward
 from lnassist.fileio import load_torch, save_torch
-from lnassist.slide import CLASSIFIER_MPP
+from lnassist.results import CamGrid
+from lnassist.slide import CLASSIFIER_MPP, cell_centres_inside
 
 CHECKPOINT_FORMAT = "lnassist-classifier/1"
 METHODS = ("escnn", "mil")
@@ -174,6 +177,7 @@ class LNScore:
     canvas_mpp: float
     canvas_px: tuple[int, int]  # (height, width) of the LN image
     tissue_tiles: int  # streamed tiles (ESCNN) or patches (MIL) that held tissue
+    cam: CamGrid | None = None  # ESCNN with ``cam=True`` only
 
 
 def score_source(
@@ -181,13 +185,18 @@ def score_source(
     source: TileSource,
     streaming: StreamingConfig | None = None,
     canvas_mpp: float = 0.0,
+    cam: bool = False,
 ) -> LNScore:
-    """Score one LN image (any :class:`TileSource`, white outside the LN)."""
+    """Score one LN image (any :class:`TileSource`, white outside the LN). With ``cam`` an ESCNN
+    classifier also returns its CAM on the slide, which needs a :class:`SlideRegionSource`."""
     model = classifier.model
+    grid = None
     if classifier.spec.method == "escnn":
-        result = stream_forward(model, source, streaming)
-        logits = result.logits.reshape(-1).float().cpu()
+        # The CAM pass yields the same global-max-pooled logits as the plain forward pass.
+        result = stream_cam(model, source, streaming) if cam else stream_forward(model, source, streaming)
+        grid = cam_grid(result, source) if cam else None
         tiles = result.stats.tiles_total - result.stats.tiles_white
+        logits = result.logits.reshape(-1).float().cpu()
         score = float(positive_probability(logits))
     else:
         _, patch_logits = mil_patch_logits(model, source, classifier.spec.patch_px)
@@ -200,7 +209,9 @@ def score_source(
         probs = positive_probability(patch_logits)
         best = int(torch.argmax(probs))
         logits, score = patch_logits[best], float(probs[best])
-    return LNScore(score, tuple(float(v) for v in logits), canvas_mpp, (source.height, source.width), tiles)
+    return LNScore(
+        score, tuple(float(v) for v in logits), canvas_mpp, (source.height, source.width), tiles, grid
+    )
 
 
 def score_ln(
@@ -208,7 +219,28 @@ def score_ln(
     slide: Any,
     polygon_base_px: np.ndarray,
     streaming: StreamingConfig | None = None,
+    cam: bool = False,
 ) -> LNScore:
-    """Score the LN inside ``polygon_base_px`` (base-level pixels) of ``slide`` at the classifier's mpp."""
+    """Score the LN inside ``polygon_base_px`` (base-level pixels) of ``slide`` at the classifier's
+    mpp; with ``cam``, also its heatmap (ESCNN only)."""
     source = SlideRegionSource(slide, polygon_base_px, classifier.spec.mpp)
-    return score_source(classifier, source, streaming, source.canvas_mpp)
+    return score_source(classifier, source, streaming, source.canvas_mpp, cam)
+
+
+def cam_grid(cam: CamResult, source: SlideRegionSource) -> CamGrid:
+    """A streamed CAM (canvas cells) as a base-pixel grid; cells whose centre is outside the LN
+    polygon(s) of ``source`` are NaN."""
+    values = cam.scores[POSITIVE_CLASS].double().numpy().copy()
+    rows, cols = values.shape
+    sy, sx = cam.stride_px
+    oy, ox = cam.origin_px
+    scale = source.base_px_per_px
+    # Canvas pixel p spans base [origin + p * scale, origin + (p + 1) * scale): its centre is p + 0.5.
+    x0 = source.origin_base_px[0] + (ox + 0.5) * scale
+    y0 = source.origin_base_px[1] + (oy + 0.5) * scale
+    dx, dy = sx * scale, sy * scale
+    inside = np.zeros((rows, cols), dtype=bool)
+    for polygon in source.polygons_base_px:
+        inside |= cell_centres_inside(polygon, (x0, y0), (dx, dy), rows, cols)
+    values[~inside] = np.nan
+    return CamGrid(values, (float(x0), float(y0)), float(dx), float(dy))

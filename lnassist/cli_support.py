@@ -1,5 +1,5 @@
-"""What the Slicer CLIs in ``cli/`` share: argument parsing, progress reporting, the two analysis
-steps they run on their own, and writing their outputs.
+"""What the Slicer CLIs in ``cli/`` share: argument parsing, progress reporting, reading LN
+outlines from an annotation, and mapping their output parameters onto :mod:`lnassist.outputs`.
 
 The Digital Slide Archive runs each CLI in a container as ``python cli/Name/Name.py <args>`` with
 arguments generated from ``cli/Name/Name.xml`` (ctk_cli's ``CLIArgumentParser`` with
@@ -14,8 +14,7 @@ Progress goes to stdout in the Slicer execution-model protocol (``<filter-start>
 ``<filter-progress>``, ``<filter-end>``), which slicer_cli_web turns into the job's progress bar;
 every other line on stdout/stderr lands in the job log. A user error (bad slide, region,
 annotation file, model) ends the run with a one-line message on stderr, exit code 2 and no output
-files: every output is written under a temporary name and renamed into place only after all of
-them have been written.
+files: :mod:`lnassist.outputs` writes all of a run's outputs or none.
 
 Heavy modules (torch, large_image, the pipeline) are imported only when a CLI runs, so
 ``--xml``, ``--help`` and the image's ``--list_cli`` self-tests answer at once.
@@ -30,26 +29,32 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from xml.sax.saxutils import escape
 
 import numpy as np
 
+from lnassist import outputs
 from lnassist.errors import LnassistError
 
 if TYPE_CHECKING:
-    from lnassist.pipeline import Analysis, AnalysisConfig, Detection
-
-log = logging.getLogger(__name__)
+    from lnassist.pipeline import AnalysisConfig
+    from lnassist.results import Analysis
 
 # Filled in by slicer_cli_web for the job; secret (the token) or deployment-specific: never recorded.
 GIRDER_PARAMETERS = ("girderApiUrl", "girderToken")
-DETECTOR_GROUP = "LN"
-DETECTOR_RGB = (37, 99, 235)
-ITEM_METADATA_PREFIX = "lnassist_"  # the default prefix of lnassist.annotations.summary_metadata
+
+# The heatmap document's image element names this output; slicer_cli_web's ingest swaps the name
+# for the id of the item the image was uploaded as.
+HEATMAP_IMAGE_OUTPUT = "outputHeatmapImage"
+# The analysis CLIs' output parameters and the output each one holds.
+ANALYSIS_OUTPUTS = {
+    "outputAnnotationFile": outputs.ANNOTATION,
+    "outputHeatmapAnnotationFile": outputs.HEATMAP,
+    HEATMAP_IMAGE_OUTPUT: outputs.HEATMAP_IMAGE,
+    "outputItemMetadata": outputs.METADATA,
+}
 
 
 class CliInputError(LnassistError):
@@ -89,26 +94,31 @@ def cli_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def requested_outputs(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
     """{parameter name: path} of the output parameters that were given; at least one must be."""
-    outputs = {name: getattr(args, name) for name in names if getattr(args, name)}
-    if not outputs:
+    given = {name: getattr(args, name) for name in names if getattr(args, name)}
+    if not given:
         flags = ", ".join(f"--{name}" for name in names)
         raise CliInputError(f"nothing to write: give at least one output ({flags})")
-    return outputs
+    return given
 
 
 def analysis_outputs(args: argparse.Namespace) -> dict[str, str]:
-    """The requested outputs of an analysis CLI (:data:`ANALYSIS_OUTPUTS`), checked before any work."""
-    outputs = requested_outputs(args, ANALYSIS_OUTPUTS)
-    if HEATMAP_IMAGE_OUTPUT in outputs and "outputHeatmapAnnotationFile" not in outputs:
+    """The requested outputs of an analysis CLI as {output kind: path}, checked before any work."""
+    given = requested_outputs(args, list(ANALYSIS_OUTPUTS))
+    kinds = {ANALYSIS_OUTPUTS[name]: path for name, path in given.items()}
+    try:
+        outputs.check_kinds(kinds)
+    except outputs.OutputError as exc:
+        # The one rule a CLI request can break: say it in the CLI's own flags.
         raise CliInputError(
             f"--{HEATMAP_IMAGE_OUTPUT} needs --outputHeatmapAnnotationFile: the heatmap annotation is "
             "what places the image on the slide"
-        )
-    return outputs
+        ) from exc
+    return kinds
 
 
 def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
     """The pipeline configuration from the shared parameters; absent ones keep the library's defaults."""
+    from lnassist.devices import resolve_device
     from lnassist.pipeline import WHOLE_SLIDE, AnalysisConfig
 
     threshold = getattr(args, "threshold", -1.0)
@@ -120,18 +130,8 @@ def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
         classifier=getattr(args, "classifier", "") or None,
         base_mpp=None if mpp < 0 else mpp,
         region_base_px=tuple(getattr(args, "analysisRegion", WHOLE_SLIDE)),
-        device=_device(args.device),
+        device=resolve_device(args.device),
     )
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CliInputError("device cuda was asked for but this machine has no usable GPU")
-    return name
 
 
 # ------------------------------------------------------------------------------------------ progress
@@ -197,53 +197,6 @@ class SlicerProgress:
 
     def _write(self, line: str) -> None:
         print(line, file=self._stream, flush=True)
-
-
-# -------------------------------------------------------------------------------- detection only
-
-
-def contour_document(
-    detected: Detection, *, cli_name: str, parameters: Mapping[str, Any], name: str = "LN contours"
-) -> dict[str, Any]:
-    """The detector's contours as an annotation document for annotators: one closed polyline per
-    LN in group ``LN``, no scores; provenance in ``attributes``. Validated against the schema."""
-    from lnassist import __version__
-    from lnassist.annotations import LINE_WIDTH, rgb, simplify_contour, validate_document
-    from lnassist.pipeline import polygon_area_base_px2
-
-    elements = []
-    for number, contour in enumerate(detected.contours_base_px, start=1):
-        outline = simplify_contour(contour)
-        area_um2 = polygon_area_base_px2(np.asarray(contour, np.float64)) * detected.slide.base_mpp**2
-        elements.append(
-            {
-                "type": "polyline",
-                "closed": True,
-                "points": [[round(float(x), 1), round(float(y), 1), 0] for x, y in outline],
-                "group": DETECTOR_GROUP,
-                "label": {"value": f"LN {number}"},
-                "lineColor": rgb(DETECTOR_RGB),
-                "lineWidth": LINE_WIDTH,
-                "user": {"ln_id": number, "area_um2": round(area_um2, 1)},
-            }
-        )
-    model = detected.model
-    doc = {
-        "name": name,
-        "description": f"{len(elements)} LN contours from detector {model.id} (not classified)",
-        "display": {"visible": True},
-        "attributes": {
-            "counts": {"lns": len(elements)},
-            "models": [asdict(model)],
-            "cli": cli_name,
-            "lnassist_version": __version__,
-            "parameters": dict(parameters),
-            "timings_s": dict(detected.timings_s),
-        },
-        "elements": elements,
-    }
-    validate_document(doc)
-    return doc
 
 
 # --------------------------------------------------------------------------- given contours only
@@ -313,7 +266,7 @@ def annotation_contours(data: Any, where: str) -> list[np.ndarray]:
 
 
 def _polyline_contour(element: Mapping[str, Any], where: str) -> np.ndarray:
-    from lnassist.pipeline import polygon_area_base_px2
+    from lnassist.slide import polygon_area_base_px2
 
     points = element.get("points")
     try:
@@ -329,76 +282,29 @@ def _polyline_contour(element: Mapping[str, Any], where: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- outputs
 
-# The heatmap document's image element names this output; slicer_cli_web's ingest swaps the name
-# for the id of the item the image was uploaded as.
-HEATMAP_IMAGE_OUTPUT = "outputHeatmapImage"
-ANALYSIS_OUTPUTS = (
-    "outputAnnotationFile",
-    "outputHeatmapAnnotationFile",
-    HEATMAP_IMAGE_OUTPUT,
-    "outputItemMetadata",
-)
-
 
 def write_analysis(
     analysis: Analysis,
-    outputs: Mapping[str, str],
+    paths: Mapping[str, str],
     *,
     cli_name: str,
     parameters: Mapping[str, Any],
     contours_from: str,
     progress: SlicerProgress,
+    slide: Any = None,
 ) -> None:
-    """Write the requested outputs of an analysis (``outputs``: {parameter in ANALYSIS_OUTPUTS:
-    path}) from :func:`lnassist.pipeline.analysis_documents`, and close the progress report.
-
-    ``contours_from`` ("detector", or "annotation" for contours given by a user) is recorded in the
-    item metadata; without a detector in ``analysis.models`` the detector keys are written empty, as
-    Girder merges item metadata and would otherwise keep a previous run's detector.
-    """
-    from lnassist.overlay import heatmap_overlay, heatmap_tiff_bytes
-    from lnassist.pipeline import analysis_documents
-
-    counts = analysis.counts
-    summary = (
-        f"{counts['lns']} LN(s), {counts['positive']} positive, {counts['negative']} negative at "
-        f"threshold {analysis.threshold:g} ({analysis.mode})"
-    )
-    progress("write", 0.0, summary + (f"; {analysis.message}" if analysis.message else ""))
-    image = heatmap_overlay(analysis.lns, analysis.threshold) if HEATMAP_IMAGE_OUTPUT in outputs else None
-    ln_doc, heat_doc, metadata = analysis_documents(
+    """Write an analysis CLI's requested outputs (``paths``: {output kind: path}, from
+    :func:`analysis_outputs`) with :mod:`lnassist.outputs`, reporting the write stage and closing the
+    progress report. slicer_cli_web hands the CLI fresh paths, so existing files are replaced."""
+    progress("write", 0.0, analysis.summary_line())
+    outputs.write_analysis(
         analysis,
-        cli_name,
-        parameters,
-        # Without any CAM the image is one transparent pixel: written (the output was asked for),
-        # not placed.
-        image_girder_id=HEATMAP_IMAGE_OUTPUT if image is not None and image.rgba[..., 3].any() else None,
-        image_transform=image.transform() if image is not None else None,
+        paths,
+        analysis.provenance(cli_name, parameters),
+        contours_from=contours_from,
+        image_reference=HEATMAP_IMAGE_OUTPUT,
+        slide=slide,
+        overwrite=True,
     )
-    metadata[ITEM_METADATA_PREFIX + "contours"] = contours_from
-    for key in ("detector", "detector_version"):
-        metadata.setdefault(ITEM_METADATA_PREFIX + key, "")
-    documents = {
-        "outputAnnotationFile": ln_doc,
-        "outputHeatmapAnnotationFile": heat_doc,
-        "outputItemMetadata": metadata,
-        HEATMAP_IMAGE_OUTPUT: heatmap_tiff_bytes(image) if image is not None else None,
-    }
-    write_outputs({outputs[name]: documents[name] for name in outputs})
-    progress("write", 1.0, "wrote " + ", ".join(outputs.values()))
+    progress("write", 1.0, "wrote " + ", ".join(paths.values()))
     progress.finish()
-
-
-def write_outputs(documents: Mapping[str, Any]) -> None:
-    """Write each document to its path (bytes as they are, anything else as JSON), all or none:
-    every file goes to a temporary name first and the renames happen only once all of them are
-    written (existing files are replaced)."""
-    from lnassist.fileio import atomic_output
-
-    with ExitStack() as stack:
-        for path, document in documents.items():
-            tmp = stack.enter_context(atomic_output(path, overwrite=True))
-            if isinstance(document, bytes):
-                tmp.write_bytes(document)
-            else:
-                tmp.write_text(json.dumps(document, allow_nan=False) + "\n")

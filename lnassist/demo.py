@@ -1,4 +1,4 @@
-"""``lnassist demo``: the project end to end on an embedded default, for a newcomer's first look.
+"""The demo: the project end to end on an embedded default, for a newcomer's first look.
 
 It generates a synthetic LN slide (every category present), writes an overview PNG with the
 ground-truth LN contours, then runs the LN analysis on it with the shipped models (detector,
@@ -8,8 +8,6 @@ the summary and the overlay PNG. Each found LN is matched to the ground-truth no
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +15,8 @@ import cv2
 import numpy as np
 
 from lnassist.categories import CATEGORIES
-from lnassist.pipeline import AnalysisConfig, analyze, write_local_outputs
+from lnassist.outputs import local_paths, write_analysis
+from lnassist.pipeline import AnalysisConfig, analyze
 from lnassist.slide import DETECTOR_MPP, describe, open_slide
 
 DEMO_SIZE_PX = 12_000  # the smallest canvas that holds a macrometastatic node beside the others
@@ -72,9 +71,10 @@ def run_demo(out_dir: Path, seed: int, size_px: int) -> dict:
     slide = open_slide(slide_path)
     overview = out_dir / "demo-overview.png"
     overview_png(slide_path, truth, overview)
-    analysis = analyze(slide_path, AnalysisConfig())
-    outputs = write_local_outputs(
-        analysis, out_dir / "analysis", "lnassist demo", {"seed": seed}, overwrite=True
+    analysis = analyze(slide, AnalysisConfig())
+    outputs = local_paths(out_dir / "analysis")
+    write_analysis(
+        analysis, outputs, analysis.provenance("lnassist demo", {"seed": seed}), slide=slide, overwrite=True
     )
     found = []
     for ln in analysis.lns:
@@ -113,21 +113,3 @@ def _inside(point: np.ndarray, contour: list) -> bool:
     return (
         cv2.pointPolygonTest(np.asarray(contour, np.float32), (float(point[0]), float(point[1])), False) >= 0
     )
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="generate a synthetic LN slide and run the LN analysis on it with the shipped models",
-        description="Run lnassist end to end on an embedded default (a synthetic slide with every category).",
-    )
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic slide")
-    parser.add_argument("--size-px", type=int, default=DEMO_SIZE_PX, help="slide width and height, base px")
-    parser.set_defaults(func=_demo_command)
-
-
-def _demo_command(args: argparse.Namespace) -> int:
-    summary = run_demo(args.out, args.seed, args.size_px)
-    print(json.dumps(summary, indent=2))
-    return 0

@@ -1,4 +1,4 @@
-"""``lnassist evaluate``: score models on a manifest split and write the paper-style report.
+"""Scoring models on a manifest split and writing the paper-style report (``lnassist evaluate``).
 
 One command gives, for every classifier named (``NAME=checkpoint``) or every score table given
 (``NAME=scores.csv``): per-LN scores on the split's LN contours (``scores-NAME.csv``), the
@@ -9,13 +9,13 @@ detector's IoU / pixel accuracy / count error on the same slides. ``report.json`
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -85,18 +85,6 @@ def read_scores(path: str | Path) -> list[dict[str, Any]]:
     return [{**r, "label": int(float(r["label"])), "score": float(r["score"])} for r in rows]
 
 
-def _named(items: list[str], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = Path(item).stem, item
-        if not name or not path or name in out:
-            raise EvaluateError(f"{what} must be NAME=PATH with unique names, got {item!r}")
-        out[name] = path
-    return out
-
-
 def _curves(by_model: dict[str, list[dict[str, Any]]], subset: str | None, slide: bool = False) -> dict:
     curves = {}
     for name, recs in by_model.items():
@@ -138,27 +126,36 @@ def compare(by_model: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
+def write_report(
+    manifest: str | Path,
+    split: str,
+    out: str | Path,
+    classifiers: Mapping[str, str | Path],
+    score_files: Mapping[str, str | Path],
+    detector: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    n_boot: int = N_BOOT,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Score ``split`` with each classifier (name -> checkpoint) or read its score table (name -> CSV),
+    evaluate the detector too if given, and write ``scores-NAME.csv``, ``roc-*.png`` and
+    ``report.json`` into ``out``; returns the report."""
     from lnassist.classifier import load_classifier
 
-    out = Path(args.out)
-    refuse_existing(out / REPORT_NAME, args.overwrite)
-    classifiers = _named(args.classifier or [], "--classifier")
-    score_files = _named(args.scores or [], "--scores")
-    if not classifiers and not score_files and not args.detector:
+    out = Path(out)
+    refuse_existing(out / REPORT_NAME, overwrite)
+    if not classifiers and not score_files and not detector:
         raise EvaluateError("nothing to evaluate: give --classifier, --scores and/or --detector")
     if set(classifiers) & set(score_files):
         raise EvaluateError(f"model names used twice: {sorted(set(classifiers) & set(score_files))}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"manifest": str(args.manifest), "split": args.split, "models": {}}
+    report: dict[str, Any] = {"manifest": str(manifest), "split": split, "models": {}}
     by_model: dict[str, list[dict[str, Any]]] = {}
     for name, path in classifiers.items():
-        classifier = load_classifier(path, args.device)
+        classifier = load_classifier(path, device)
         t0 = time.perf_counter()
-        by_model[name] = score_split(classifier, args.manifest, args.split, progress=not args.no_progress)
+        by_model[name] = score_split(classifier, manifest, split, progress=progress)
         report["models"][name] = {
             "checkpoint": str(path),
             "spec": asdict(classifier.spec),
@@ -169,23 +166,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report["models"][name] = {"scores": str(path)}
     # Every statistic before any file: a split the statistics refuse leaves no output behind.
     for name, recs in by_model.items():
-        report["models"][name]["metrics"] = evaluate(recs, n_boot=args.n_boot)
+        report["models"][name]["metrics"] = evaluate(recs, n_boot=n_boot)
     if len(by_model) > 1:
         report["comparisons"] = compare(by_model)
-    if args.detector:
+    if detector:
         from lnassist.detector.evaluate import evaluate_manifest
         from lnassist.detector.model import load_checkpoint
 
-        detector, _ = load_checkpoint(args.detector)
-        detector.to(args.device)
+        model, _ = load_checkpoint(detector)
+        model.to(device)
         report["detector"] = {
-            "checkpoint": str(args.detector),
-            **evaluate_manifest(args.manifest, detector, args.split, detector.config.mpp),
+            "checkpoint": str(detector),
+            **evaluate_manifest(manifest, model, split, model.config.mpp),
         }
     for name in classifiers:
-        write_text_atomic(
-            out / f"scores-{name}.csv", records_to_csv(by_model[name]), overwrite=args.overwrite
-        )
+        write_text_atomic(out / f"scores-{name}.csv", records_to_csv(by_model[name]), overwrite=overwrite)
     report["roc_png"] = {}
     for tag, curves in (
         ("ln", _curves(by_model, None)),
@@ -195,13 +190,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if curves:
             title = {"ln": "LN level", "slide": "slide level"}.get(tag, f"{tag} subset (all negatives)")
             png = out / f"roc-{tag}.png"
-            with atomic_output(png, overwrite=args.overwrite) as tmp:
+            with atomic_output(png, overwrite=overwrite) as tmp:
                 plot_roc(curves, tmp, title=title)
             report["roc_png"][tag] = str(png)
-    write_text_atomic(out / REPORT_NAME, json.dumps(report, indent=1) + "\n", overwrite=args.overwrite)
-    print(summary_text(report))
-    print(f"wrote {out / REPORT_NAME}")
-    return 0
+    write_text_atomic(out / REPORT_NAME, json.dumps(report, indent=1) + "\n", overwrite=overwrite)
+    return report
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -228,30 +221,3 @@ def summary_text(report: dict[str, Any]) -> str:
         parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
         lines.append(f"{name}: " + ", ".join(parts))
     return "\n".join(lines)
-
-
-def add_cli(subparsers: Any) -> None:
-    from lnassist.detector.cli import _device, _positive_int
-
-    p = subparsers.add_parser(
-        "evaluate",
-        help="evaluate classifiers (and the detector) on a manifest split: JSON report + ROC PNGs",
-        description="Score every LN of a split with each classifier (or read score tables), then write "
-        "report.json (AUC with DeLong CIs, sensitivity/specificity/PPV/NPV with exact CIs and MCC at the "
-        "0.4 and 0.15 thresholds, micrometastasis and ITC subsets, slide level, DeLong tests between models) "
-        "and roc-*.png into --out.",
-    )
-    p.add_argument("manifest", help="manifest.jsonl")
-    p.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
-    p.add_argument(
-        "--classifier", action="append", metavar="NAME=PT", help="classifier checkpoint (repeatable)"
-    )
-    p.add_argument("--scores", action="append", metavar="NAME=CSV", help="precomputed scores (repeatable)")
-    p.add_argument("--detector", help="detector checkpoint to evaluate on the same split")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n-boot", type=_positive_int, default=N_BOOT, help="MCC bootstrap resamples")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
-    p.add_argument("--device", type=_device, default="cpu")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=run_evaluate)

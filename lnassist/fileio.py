@@ -1,16 +1,17 @@
-"""Safe file I/O: every file lnassist writes appears whole or not at all, and torch files are read
-without executing code.
+"""Safe file I/O: every file lnassist writes appears whole or not at all, a set of files all or
+none, and torch files are read without executing code.
 
 Outputs are written under a temporary name in the destination folder and renamed into place only
-when complete, so an interrupted or failed run leaves no partial file behind, and an existing file
-is replaced only when the caller says so. Checkpoints and training states are loaded with
+when complete (for a set: only once every file of the set is complete), so an interrupted or
+failed run leaves no partial file behind, and an existing file is replaced only when the caller
+says so. Checkpoints and training states are loaded with
 ``weights_only=True``; a missing or unreadable one is the caller's one-line error.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,27 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> None:
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(text)
+
+
+def write_files_atomic(files: Mapping[Path, bytes], overwrite: bool = False) -> None:
+    """Write each file's bytes, all or none: existing files are refused first (unless
+    ``overwrite``), every file goes to a temporary name, and the renames start only once all of
+    them are written; on any failure the temporary files are removed and nothing was renamed."""
+    for path in files:
+        refuse_existing(path, overwrite)
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+            written.append((tmp, path))
+            tmp.write_bytes(data)
+        for tmp, path in written:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
 
 
 def save_torch(path: str | Path, payload: Any, overwrite: bool = False) -> None:

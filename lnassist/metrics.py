@@ -21,10 +21,9 @@ import numpy as np
 from scipy import stats
 
 from lnassist.categories import CATEGORIES, ITC, MICRO, NEGATIVE_CATEGORIES, POSITIVE_CATEGORIES
+from lnassist.constants import THRESHOLDS
 from lnassist.errors import LnassistError
 
-# Paper: 0.4 balances positive and negative calls (best validation MCC); 0.15 is the screening threshold.
-THRESHOLDS: dict[str, float] = {"general": 0.4, "screening": 0.15}
 CONFIDENCE = 0.95
 # Paper, Methods: MCC intervals by bootstrapping with n = 10,000.
 N_BOOT = 10_000

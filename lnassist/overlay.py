@@ -2,7 +2,8 @@
 
 The overview is the slide thumbnail with each LN's heatmap (P(metastasis) per CAM cell, blended in
 from transparent (0) to opaque red-yellow (1)) and the contours, positive LNs outlined red,
-negative ones green, each with its number and score. The overlay image is the CAMs alone at their
+negative ones green (the annotation groups' colours, :mod:`lnassist.dsa`), each with its number
+and score. The overlay image is the CAMs alone at their
 native resolution (one pixel per CAM cell, unlike the griddata annotation, which is coarsened to
 stay within HistomicsUI's limits), RGBA in the heatmap annotation's colours, written as a tiled
 TIFF that large_image serves and an annotation ``image`` element places on the slide.
@@ -14,16 +15,13 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lnassist.fileio import atomic_output
+from lnassist import dsa
 
 MAX_SIDE_PX = 2000
-POSITIVE_BGR = (40, 40, 220)
-NEGATIVE_BGR = (60, 170, 60)
 TIFF_TILE_PX = 256
 
 
@@ -60,7 +58,7 @@ def paint_cams(
 
 
 def overlay_image(slide: Any, analysis: Any, max_side_px: int = MAX_SIDE_PX) -> np.ndarray:
-    """uint8 RGB overview of ``analysis`` (a :class:`lnassist.pipeline.Analysis`) on ``slide``."""
+    """uint8 RGB overview of ``analysis`` (a :class:`lnassist.results.Analysis`) on ``slide``."""
     import cv2
 
     longest = max(slide.width_px, slide.height_px)
@@ -76,7 +74,7 @@ def overlay_image(slide: Any, analysis: Any, max_side_px: int = MAX_SIDE_PX) -> 
     thickness = max(2, round(max(h, w) / 700))
     for ln in analysis.lns:
         pts = np.round(ln.contour_base_px * [scale_x, scale_y]).astype(np.int32).reshape(-1, 1, 2)
-        colour_bgr = POSITIVE_BGR if ln.positive else NEGATIVE_BGR
+        colour_bgr = (dsa.POSITIVE_RGB if ln.positive else dsa.NEGATIVE_RGB)[::-1]
         cv2.polylines(bgr, [pts], True, colour_bgr, thickness, cv2.LINE_AA)
         x, y = pts[:, 0, 0].min(), pts[:, 0, 1].min()
         text = f"LN {ln.ln_id}: {ln.score:.2f}"
@@ -93,16 +91,14 @@ def overlay_image(slide: Any, analysis: Any, max_side_px: int = MAX_SIDE_PX) -> 
     return bgr[..., ::-1].copy()
 
 
-def write_overlay_png(path: str | Path, slide: Any, analysis: Any, overwrite: bool = False) -> Path:
+def overlay_png_bytes(slide: Any, analysis: Any) -> bytes:
+    """:func:`overlay_image` encoded as PNG."""
     import cv2
 
-    rgb = overlay_image(slide, analysis)
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(overlay_image(slide, analysis)[..., ::-1]))
     if not ok:
-        raise OSError(f"PNG encoding of the overlay failed for {path}")
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(data.tobytes())
-    return Path(path)
+        raise OSError(f"PNG encoding of the overview of {analysis.slide_path} failed")
+    return data.tobytes()
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,7 @@ class HeatmapOverlay:
 
 
 def heatmap_overlay(lns: Sequence[Any], threshold: float) -> HeatmapOverlay:
-    """The CAMs of ``lns`` (:class:`lnassist.annotations.LNResult`) in the colours of
+    """The CAMs of ``lns`` (:class:`lnassist.results.LNResult`) in the colours of
     :func:`lnassist.annotations.heatmap_colour_stops`, transparent outside the LNs, one pixel per CAM
     cell, from the slide's base origin to the far corner of the last LN.
 

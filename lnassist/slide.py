@@ -273,24 +273,56 @@ def polygon_mask(
     _check_mpp(base_mpp)
     _check_size(width_px, height_px)
     base_per_px = mpp / base_mpp
+    return _centres_inside(polygon, left_base_px, top_base_px, base_per_px, base_per_px, width_px, height_px)
+
+
+def cell_centres_inside(
+    polygon_base_px: np.ndarray,
+    first_centre_base_px: tuple[float, float],
+    step_base_px: tuple[float, float],
+    rows: int,
+    cols: int,
+) -> np.ndarray:
+    """Boolean (rows, cols) mask of a grid of cells (such as a CAM's) whose cell (r, c) is centred
+    at ``first_centre + (c * step_x, r * step_y)``: True where the centre lies inside the polygon."""
+    polygon = _as_polygon(polygon_base_px)
+    (x0, y0), (dx, dy) = first_centre_base_px, step_base_px
+    if not (dx > 0 and dy > 0):
+        raise ValueError(f"cell spacing must be positive, got {step_base_px}")
+    _check_size(cols, rows)
+    return _centres_inside(polygon, x0 - dx / 2, y0 - dy / 2, dx, dy, cols, rows)
+
+
+def _centres_inside(
+    polygon: np.ndarray, left: float, top: float, step_x: float, step_y: float, width: int, height: int
+) -> np.ndarray:
+    """Scanline fill: pixel (r, c) spans [left + c step_x, left + (c + 1) step_x) along x (likewise y)
+    and is True when its centre is inside ``polygon`` (even-odd rule)."""
     x0, y0 = polygon[:, 0], polygon[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    mask = np.zeros((height_px, width_px), dtype=bool)
-    # Scanline fill in blocks of rows so the rows x edges crossing table stays small.
-    for first_row in range(0, height_px, _POLYGON_ROWS_PER_BLOCK):
-        rows = np.arange(first_row, min(first_row + _POLYGON_ROWS_PER_BLOCK, height_px))
-        centre_y = top_base_px + (rows[:, None] + 0.5) * base_per_px
+    mask = np.zeros((height, width), dtype=bool)
+    # In blocks of rows so the rows x edges crossing table stays small.
+    for first_row in range(0, height, _POLYGON_ROWS_PER_BLOCK):
+        rows = np.arange(first_row, min(first_row + _POLYGON_ROWS_PER_BLOCK, height))
+        centre_y = top + (rows[:, None] + 0.5) * step_y
         # Half-open in y, so a scanline through a vertex counts each edge pair once.
         row, edge = np.nonzero((y0 <= centre_y) != (y1 <= centre_y))
         if len(row) == 0:
             continue
         crossing_x = x0[edge] + (centre_y[row, 0] - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
         # First pixel whose centre is right of the crossing; the inside flips there.
-        first_col = np.clip(np.ceil((crossing_x - left_base_px) / base_per_px - 0.5), 0, width_px)
-        flat = row * (width_px + 1) + first_col.astype(np.int64)
-        flips = np.bincount(flat, minlength=len(rows) * (width_px + 1)).reshape(len(rows), width_px + 1)
-        mask[rows] = np.cumsum(flips[:, :width_px], axis=1) % 2 == 1
+        first_col = np.clip(np.ceil((crossing_x - left) / step_x - 0.5), 0, width)
+        flat = row * (width + 1) + first_col.astype(np.int64)
+        flips = np.bincount(flat, minlength=len(rows) * (width + 1)).reshape(len(rows), width + 1)
+        mask[rows] = np.cumsum(flips[:, :width], axis=1) % 2 == 1
     return mask
+
+
+def polygon_area_base_px2(polygon_base_px: np.ndarray) -> float:
+    """Area enclosed by an (N, 2) x, y polygon (shoelace formula), in square base pixels."""
+    polygon = np.asarray(polygon_base_px, dtype=np.float64)
+    x, y = polygon[:, 0], polygon[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
 
 
 def read_polygon_region(
@@ -421,34 +453,3 @@ def describe(slide: Slide) -> dict[str, Any]:
         "tissue_fraction": mask.fraction(0, 0, slide.width_px, slide.height_px),
         "large_image_source": type(slide.source).__name__,
     }
-
-
-def add_cli(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "info",
-        help="print a slide's size, resolution and tissue fraction as JSON",
-        description="Open a slide with large_image and print what lnassist reads from it.",
-    )
-    parser.add_argument("slide", type=Path, help="slide file (any format large_image reads)")
-    parser.add_argument(
-        "--mpp", type=float, default=None, help="base-level um/px, for slides without resolution metadata"
-    )
-    parser.add_argument(
-        "--thumbnail",
-        type=Path,
-        default=None,
-        help="also write the slide at the detector resolution (7.36 um/px) to this PNG",
-    )
-    parser.set_defaults(func=_info_command)
-
-
-def _info_command(args: Any) -> int:
-    import json
-
-    slide = open_slide(args.slide, mpp=args.mpp)
-    print(json.dumps(describe(slide), indent=2))
-    if args.thumbnail is not None:
-        thumbnail = slide.read_thumbnail(DETECTOR_MPP)
-        if not cv2.imwrite(str(args.thumbnail), cv2.cvtColor(thumbnail, cv2.COLOR_RGB2BGR)):
-            raise SlideError(args.thumbnail, "could not write the thumbnail PNG")
-    return 0

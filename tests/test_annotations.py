@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,41 +13,28 @@ import pytest
 import shapely
 import yaml
 
+from lnassist import dsa
 from lnassist.annotations import (
-    GROUP_HEATMAP,
-    GROUP_NEGATIVE,
-    GROUP_POSITIVE,
-    HEATMAP_RGB,
-    LINE_WIDTH,
     MAX_VALUES_PER_DOCUMENT,
     MAX_VALUES_PER_ELEMENT,
-    NEGATIVE_RGB,
-    POSITIVE_RGB,
     AnnotationError,
-    CamGrid,
-    LNResult,
-    ModelRef,
+    contour_document,
     heatmap_document,
     ln_document,
-    rgb,
     simplify_contour,
     summary_metadata,
     validate_document,
 )
+from lnassist.dsa import GROUP_HEATMAP, GROUP_NEGATIVE, GROUP_POSITIVE, HEATMAP_RGB, LINE_WIDTH
 from lnassist.errors import LnassistError
+from lnassist.results import CamGrid, LNResult, ModelRef, Provenance
 
 THRESHOLD = 0.5
 MODELS = (
     ModelRef("det-1", "detector", "1.0", "a" * 64),
     ModelRef("cls-2", "classifier", "2.1", "b" * 64),
 )
-RUN = {
-    "mode": "accurate",
-    "threshold": THRESHOLD,
-    "models": MODELS,
-    "cli_name": "LNMetastasis",
-    "version": "0.1.0",
-}
+RUN = Provenance(MODELS, "LNMetastasis", "0.1.0", mode="accurate", threshold=THRESHOLD)
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "histomicsui_config.yaml"
 
 
@@ -72,9 +60,8 @@ def _lns(with_cam: bool = False) -> list[LNResult]:
 
 
 def _ln_doc(lns: list[LNResult], **kwargs) -> dict:
-    return ln_document(
-        lns, **RUN, parameters={"inputImageFile": "slide.svs"}, timings_s={"detect": 1.5}, **kwargs
-    )
+    run = replace(RUN, parameters={"inputImageFile": "slide.svs"}, timings_s={"detect": 1.5})
+    return ln_document(lns, run, **kwargs)
 
 
 def test_simplify_keeps_the_shape_with_far_fewer_vertices() -> None:
@@ -149,17 +136,17 @@ def test_ln_document_optional_fill_validates() -> None:
 
 
 def test_empty_result_gives_valid_documents_with_zero_counts() -> None:
-    doc = ln_document([], **RUN, parameters={}, timings_s={})
+    doc = ln_document([], RUN)
     validate_document(doc)
     assert doc["elements"] == [] and doc["attributes"]["counts"] == {"lns": 0, "positive": 0, "negative": 0}
-    heat = heatmap_document([], **RUN)
+    heat = heatmap_document([], RUN)
     validate_document(heat)
     assert heat["elements"] == [] and heat["attributes"]["counts"] == {"lns": 0, "heatmaps": 0}
 
 
 def test_heatmap_document_with_cams_and_image_overlay_validates() -> None:
     lns = _lns(with_cam=True)
-    doc = heatmap_document(lns, **RUN, image_girder_id="outputHeatmapImage")
+    doc = heatmap_document(lns, RUN, image_girder_id="outputHeatmapImage")
     validate_document(doc, cli_outputs={"outputHeatmapImage"})
     assert doc["display"] == {"visible": True}
     assert not any(e["type"] == "polyline" for e in doc["elements"])
@@ -177,11 +164,11 @@ def test_heatmap_document_with_cams_and_image_overlay_validates() -> None:
     (image,) = [e for e in doc["elements"] if e["type"] == "image"]
     assert image["girderId"] == "outputHeatmapImage" and 0 < image["opacity"] < 1
     # A real Girder id needs no stand-in.
-    validate_document(heatmap_document(lns, **RUN, image_girder_id="0123456789abcdef01234567"))
+    validate_document(heatmap_document(lns, RUN, image_girder_id="0123456789abcdef01234567"))
 
 
 def test_heatmap_document_without_cams_is_valid_and_empty() -> None:
-    doc = heatmap_document(_lns(with_cam=False), **RUN)
+    doc = heatmap_document(_lns(with_cam=False), RUN)
     validate_document(doc)
     assert doc["elements"] == [] and doc["attributes"]["counts"] == {"lns": 3, "heatmaps": 0}
 
@@ -192,7 +179,7 @@ def test_griddata_is_coarsened_by_max_pooling_and_keeps_the_hot_spot() -> None:
     values[:, :3] = np.nan
     values[201, 123] = 0.875
     cam = CamGrid(values, (100.0, 200.0), 8.0, 10.0)
-    doc = heatmap_document([LNResult(1, _blob(1500, 2200, 1000), 0.9, True, 1.0, cam)], **RUN)
+    doc = heatmap_document([LNResult(1, _blob(1500, 2200, 1000), 0.9, True, 1.0, cam)], RUN)
     validate_document(doc)
     (grid,) = doc["elements"]
     assert grid["user"]["pool_factor"] == 2 and len(grid["values"]) <= 100_000
@@ -210,7 +197,7 @@ def test_griddata_is_coarsened_by_max_pooling_and_keeps_the_hot_spot() -> None:
 def test_document_value_budget_is_shared_between_lns() -> None:
     small = LNResult(1, _blob(0, 0, 100), 0.2, False, 1.0, _cam(10, 10))  # 100 values: kept whole
     big = [LNResult(i, _blob(0, 0, 100), 0.7, True, 1.0, _cam(60, 60)) for i in (2, 3)]  # 3,600 each
-    doc = heatmap_document([small, *big], **RUN, max_values_per_element=3000, max_values_per_document=4000)
+    doc = heatmap_document([small, *big], RUN, max_values_per_element=3000, max_values_per_document=4000)
     validate_document(doc)
     sizes = [len(e["values"]) for e in doc["elements"]]
     assert sizes[0] == 100 and all(s <= 3000 for s in sizes) and sum(sizes) <= 4000
@@ -219,31 +206,48 @@ def test_document_value_budget_is_shared_between_lns() -> None:
 
 def test_summary_metadata() -> None:
     when = datetime(2025, 3, 4, 15, 6, 7, tzinfo=timezone(timedelta(hours=2)))
-    meta = summary_metadata(
-        _lns(), mode="accurate", threshold=THRESHOLD, models=MODELS, analysed_at=when, version="0.1.0"
-    )
+    meta = summary_metadata(_lns(), RUN, analysed_at=when, contours_from="detector")
     assert meta == {
         "lnassist_lns": 3, "lnassist_positive_lns": 2, "lnassist_negative_lns": 1,
         "lnassist_slide_positive": True, "lnassist_max_score": 0.87, "lnassist_threshold": THRESHOLD,
         "lnassist_mode": "accurate", "lnassist_version": "0.1.0",
-        "lnassist_analysed_at": "2025-03-04T13:06:07Z",
+        "lnassist_analysed_at": "2025-03-04T13:06:07Z", "lnassist_contours": "detector",
         "lnassist_detector": "det-1", "lnassist_detector_version": "1.0",
         "lnassist_classifier": "cls-2", "lnassist_classifier_version": "2.1",
     }  # fmt: skip
+    assert all(key.startswith(dsa.METADATA_PREFIX) for key in meta)
     json.dumps(meta, allow_nan=False)
-    empty = summary_metadata(
-        [], mode="fast", threshold=0.3, models=MODELS, analysed_at=datetime.now(UTC), version="x"
+    # Outlines a person gave, scored without a detector: the detector keys are written empty, so a
+    # previous run's detector does not survive Girder's metadata merge.
+    given = summary_metadata(
+        [], replace(RUN, models=MODELS[1:]), analysed_at=datetime.now(UTC), contours_from="annotation"
     )
-    assert empty["lnassist_lns"] == 0 and empty["lnassist_slide_positive"] is False
-    assert empty["lnassist_max_score"] == 0.0
+    assert given["lnassist_lns"] == 0 and given["lnassist_slide_positive"] is False
+    assert given["lnassist_max_score"] == 0.0 and given["lnassist_contours"] == "annotation"
+    assert given["lnassist_detector"] == "" and given["lnassist_detector_version"] == ""
+    assert given.keys() == meta.keys()
     with pytest.raises(AnnotationError, match="timezone-aware"):
-        summary_metadata(
-            [], mode="fast", threshold=0.3, models=MODELS, analysed_at=datetime(2025, 1, 1), version="x"
-        )
-    with pytest.raises(AnnotationError, match="prefix"):
-        summary_metadata(
-            [], mode="f", threshold=0.3, models=MODELS, analysed_at=when, version="x", prefix="ln."
-        )
+        summary_metadata([], RUN, analysed_at=datetime(2025, 1, 1), contours_from="detector")
+
+
+def test_contour_document_has_the_detector_outlines_without_scores() -> None:
+    contours = [_blob(10_000, 8_000, 900), _blob(20_000, 9_000, 500)]
+    detector = Provenance(MODELS[:1], "LNDetect", "0.1.0", {"mode": "general"}, {"detect": 2.0})
+    doc = contour_document(contours, 0.5, detector)
+    validate_document(doc)
+    assert doc["name"] == dsa.DOC_CONTOURS
+    assert [e["group"] for e in doc["elements"]] == [dsa.GROUP_DETECTED] * 2
+    assert {e["lineColor"] for e in doc["elements"]} == {dsa.rgb(dsa.DETECTED_RGB)}
+    assert [e["user"]["ln_id"] for e in doc["elements"]] == [1, 2]
+    area_um2 = shapely.Polygon(contours[0]).area * 0.5**2
+    assert doc["elements"][0]["user"]["area_um2"] == pytest.approx(area_um2, abs=0.1)
+    assert not any("score" in e["user"] for e in doc["elements"])
+    attributes = doc["attributes"]
+    assert attributes["counts"] == {"lns": 2} and "threshold" not in attributes
+    assert attributes["models"] == [{"id": "det-1", "kind": "detector", "version": "1.0", "sha256": "a" * 64}]
+    assert attributes["cli"] == "LNDetect" and attributes["parameters"] == {"mode": "general"}
+    with pytest.raises(AnnotationError, match="detector"):
+        contour_document(contours, 0.5, replace(detector, models=MODELS[1:]))
 
 
 @pytest.mark.parametrize(
@@ -292,24 +296,41 @@ def test_inconsistent_inputs_are_refused() -> None:
     with pytest.raises(AnnotationError, match="not unique"):
         _ln_doc([ln, ln])
     with pytest.raises(AnnotationError, match="classifier"):
-        ln_document([ln], **{**RUN, "models": MODELS[:1]}, parameters={}, timings_s={})
+        ln_document([ln], replace(RUN, models=MODELS[:1]))
     with pytest.raises(AnnotationError, match="threshold"):
-        ln_document([], **{**RUN, "threshold": 1.5}, parameters={}, timings_s={})
+        ln_document([], replace(RUN, threshold=1.5))
     bad_cam = CamGrid(np.full((3, 3), 1.5), (0.0, 0.0), 1.0, 1.0)
     with pytest.raises(AnnotationError, match=r"CAM values must be in \[0, 1\]"):
-        heatmap_document([LNResult(1, ln.contour_base_px, 0.9, True, 1.0, bad_cam)], **RUN)
+        heatmap_document([LNResult(1, ln.contour_base_px, 0.9, True, 1.0, bad_cam)], RUN)
 
 
 def test_example_histomicsui_config_matches_the_code() -> None:
+    """The example config an admin uploads lists exactly the groups lnassist writes, in its colours."""
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     groups = {g["id"]: g for g in config["annotationGroups"]["groups"]}
-    assert groups[GROUP_POSITIVE]["lineColor"] == rgb(POSITIVE_RGB)
-    assert groups[GROUP_NEGATIVE]["lineColor"] == rgb(NEGATIVE_RGB)
-    assert groups[GROUP_HEATMAP]["lineColor"] == rgb(HEATMAP_RGB)
-    assert all(g["lineWidth"] == LINE_WIDTH for g in groups.values())
+    assert groups.keys() == dsa.GROUP_RGB.keys()
+    for group_id, colour in dsa.GROUP_RGB.items():
+        assert groups[group_id]["label"] == group_id
+        assert groups[group_id]["lineColor"] == dsa.rgb(colour)
+        assert groups[group_id]["fillColor"] == dsa.rgba(colour, 0.0)
+        assert groups[group_id]["lineWidth"] == LINE_WIDTH
     # Every colour is one HistomicsUI (and the annotation schema) accepts.
     for g in groups.values():
         validate_document(
             {"name": "c", "elements": [{"type": "point", "center": [0, 0, 0], "lineColor": g["lineColor"],
                                         "fillColor": g["fillColor"], "group": g["id"]}]}
         )  # fmt: skip
+
+
+def test_the_dsa_names_import_nothing_heavy() -> None:
+    """The Girder plugin imports the DSA names and the operating points: neither may pull numpy,
+    torch or any other heavy package into the server."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lnassist.dsa, lnassist.constants; "
+        "print(sorted(m for m in ('numpy', 'torch', 'yaml', 'shapely') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

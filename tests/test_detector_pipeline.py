@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+from lnassist.commands.detector import add_cli
 from lnassist.detector import DetectorError
-from lnassist.detector.cli import add_cli
 from lnassist.detector.data import load_samples
 from lnassist.detector.evaluate import evaluate_manifest
 from lnassist.detector.grid import Grid
@@ -41,7 +41,7 @@ def dataset(tmp_path_factory) -> tuple[Path, dict]:
     gt = write_slide(root / "a.tiff", LayoutConfig(4000, 3000, seed=3, categories=("negative",)), workers=1)
     rows = [
         {"split": split, "slide": "a.tiff", "slide_id": f"{split}_a", "ln_id": node["id"],
-         "contour": node["contour"], "mpp": gt["mpp"]}
+         "contour": node["contour"], "label": node["label"], "mpp": gt["mpp"]}
         for split in ("train", "val") for node in gt["nodes"]
     ]
     manifest = root / "manifest.jsonl"

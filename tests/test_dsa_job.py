@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from docker_helpers import NAMES, REPO, docker, docker_test, tail
 
-from lnassist.annotations import GROUP_NEGATIVE, GROUP_POSITIVE
+from lnassist.dsa import GROUP_NEGATIVE, GROUP_POSITIVE
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 

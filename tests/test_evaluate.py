@@ -12,7 +12,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 from training_helpers import build_tiny_dataset
 
-from lnassist.__main__ import main
 from lnassist.classifier import (
     ClassifierError,
     ClassifierSpec,
@@ -21,6 +20,7 @@ from lnassist.classifier import (
     save_classifier,
     score_source,
 )
+from lnassist.commands import main
 from lnassist.metrics import delong_test
 from lnassist.training.data import images_from_manifest, open_image
 

@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 from sklearn.metrics import confusion_matrix, matthews_corrcoef, roc_auc_score
 
+from lnassist.constants import THRESHOLDS
 from lnassist.errors import LnassistError
 from lnassist.metrics import (
-    THRESHOLDS,
     LNRecord,
     MetricsError,
     bootstrap_mcc_ci,

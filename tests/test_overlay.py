@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from lnassist.annotations import (
-    HEATMAP_RGB,
-    THRESHOLD_RGB,
-    CamGrid,
-    LNResult,
-    ModelRef,
-    heatmap_document,
-    validate_document,
-)
+from lnassist.annotations import heatmap_document, validate_document
+from lnassist.dsa import HEATMAP_RGB, THRESHOLD_RGB
 from lnassist.overlay import TIFF_TILE_PX, heatmap_overlay, heatmap_tiff_bytes, paint_cams
+from lnassist.results import CamGrid, LNResult, ModelRef, Provenance
 
 THRESHOLD = 0.4
 SPACING = 32.0
@@ -130,11 +124,7 @@ def test_heatmap_document_places_the_image_with_the_overlay_transform() -> None:
     models = (ModelRef("cls", "classifier", "1", "c" * 64),)
     doc = heatmap_document(
         [overlay_ln],
-        mode="general",
-        threshold=THRESHOLD,
-        models=models,
-        cli_name="LNAnalysis",
-        version="0",
+        Provenance(models, "LNAnalysis", "0", mode="general", threshold=THRESHOLD),
         image_girder_id="outputHeatmapImage",
         image_transform=overlay.transform(),
     )

@@ -13,6 +13,7 @@ import tifffile
 from lnassist.__main__ import main
 from lnassist.annotations import validate_document
 from lnassist.pipeline import AnalysisConfig, PipelineError, analyze, clip_region
+from lnassist.slide import open_slide
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
@@ -69,15 +70,15 @@ def test_analyze_finds_the_lns_and_writes_every_output(slide: tuple[Path, dict],
 
 def test_screening_threshold_and_region(slide: tuple[Path, dict]) -> None:
     path, gt = slide
-    general = analyze(path, AnalysisConfig(mode="general", cam=False))
-    screening = analyze(path, AnalysisConfig(mode="screening", cam=False))
+    general = analyze(open_slide(path), AnalysisConfig(mode="general", cam=False))
+    screening = analyze(open_slide(path), AnalysisConfig(mode="screening", cam=False))
     assert general.threshold == 0.4 and screening.threshold == 0.15
     assert [ln.score for ln in general.lns] == pytest.approx([ln.score for ln in screening.lns])
     assert [ln.positive for ln in screening.lns] == [ln.score >= 0.15 for ln in screening.lns]
     # A region around the first ground-truth LN's bounding box keeps that LN only.
     x0, y0, x1, y1 = gt["nodes"][0]["bbox"]
     region = (x0 - 50, y0 - 50, x1 - x0 + 100, y1 - y0 + 100)
-    inside = analyze(path, AnalysisConfig(region_base_px=region, cam=False))
+    inside = analyze(open_slide(path), AnalysisConfig(region_base_px=region, cam=False))
     assert len(inside.lns) == 1 and inside.region_base_px is not None
     xs, ys = inside.lns[0].contour_base_px[:, 0], inside.lns[0].contour_base_px[:, 1]
     assert xs.min() >= region[0] - 8 and xs.max() <= region[0] + region[2] + 8
@@ -93,7 +94,7 @@ def test_a_slide_at_another_base_resolution_is_resampled_and_answered_in_its_own
     mpp = 0.25
     layout = LayoutConfig(8000, 5000, seed=5, mpp=mpp, categories=("negative",))
     gt = write_slide(tmp_path / "s40.tiff", layout, workers=1)
-    analysis = analyze(tmp_path / "s40.tiff", AnalysisConfig(mode="general"))
+    analysis = analyze(open_slide(tmp_path / "s40.tiff"), AnalysisConfig(mode="general"))
     assert analysis.base_mpp == pytest.approx(mpp) and analysis.size_base_px == (8000, 5000)
     truths = [np.asarray(n["contour"]) for n in gt["nodes"]]
     assert len(analysis.lns) == len(truths)
@@ -202,20 +203,21 @@ def test_bad_input_fails_cleanly(
 
 
 def test_cam_grid_places_cells_on_the_slide_and_masks_outside_the_ln() -> None:
+    """The classifier's CAM in base pixels: cell geometry from the streaming plan, NaN outside."""
     from types import SimpleNamespace
 
     import torch
 
-    from lnassist.pipeline import cam_grid
+    from lnassist.classifier import cam_grid
 
     rows, cols = 40, 50
     scores = torch.rand(2, rows, cols, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     cam = SimpleNamespace(scores=scores, stride_px=(16, 16), origin_px=(7.5, 7.5))
-    source = SimpleNamespace(base_px_per_px=2.0, origin_base_px=(1000, 3000))
     angle = np.linspace(0, 2 * np.pi, 200, endpoint=False)
     centre, radius = np.array([1000 + 800.0, 3000 + 600.0]), 500.0
     circle = centre + radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    grid = cam_grid(cam, source, circle)
+    source = SimpleNamespace(base_px_per_px=2.0, origin_base_px=(1000, 3000), polygons_base_px=[circle])
+    grid = cam_grid(cam, source)
     # Cell (0, 0) is centred on canvas pixel 7.5 -> base 1000 + 8 * 2; cells are 16 canvas px = 32 base px.
     assert grid.origin_base_px == (1016.0, 3016.0) and (grid.dx_base_px, grid.dy_base_px) == (32.0, 32.0)
     xs = grid.origin_base_px[0] + np.arange(cols) * 32.0

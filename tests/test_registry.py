@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,7 +83,7 @@ def test_publish_writes_card_and_half_weights(tmp_path: Path) -> None:
     import torch
 
     from lnassist.detector.model import CPU, build_detector, load_checkpoint, save_checkpoint
-    from lnassist.registry import publish
+    from lnassist.publish import publish
 
     src = tmp_path / "det.pt"
     save_checkpoint(src, build_detector(CPU, seed=1), {"note": "trained somewhere"})
@@ -102,3 +104,16 @@ def test_publish_writes_card_and_half_weights(tmp_path: Path) -> None:
         if value.is_floating_point():
             assert torch.allclose(got, value, rtol=1e-3, atol=1e-4), key
     assert resolve("detector", folder=folder)[1].id == "det-v1"
+
+
+def test_registry_imports_only_the_standard_library() -> None:
+    # The Docker image's CLIs and the Girder server look models up; neither may pay for torch or numpy.
+    code = (
+        "import sys; before = set(sys.modules); import lnassist.registry; "
+        "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported = set(proc.stdout.split())
+    assert "lnassist" in imported
+    assert not imported & {"numpy", "torch", "yaml", "large_image"}
+    assert imported - set(sys.stdlib_module_names) == {"lnassist"}

@@ -28,10 +28,11 @@ import tifffile
 import torch
 
 from lnassist import __version__
-from lnassist.annotations import GROUP_NEGATIVE, GROUP_POSITIVE, validate_document
+from lnassist.annotations import validate_document
 from lnassist.classifier import ClassifierSpec, new_classifier, save_classifier
-from lnassist.cli_support import CliInputError, SlicerProgress, read_annotation_contours, write_outputs
+from lnassist.cli_support import CliInputError, SlicerProgress, read_annotation_contours
 from lnassist.detector.model import DetectorConfig, build_detector, save_checkpoint
+from lnassist.dsa import GROUP_NEGATIVE, GROUP_POSITIVE
 from lnassist.registry import ModelEntry, register, sha256_of
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
@@ -386,12 +387,3 @@ def test_annotation_contours_from_documents_records_and_lists(tmp_path: Path) ->
     path.write_text(json.dumps({"name": "no elements"}))
     with pytest.raises(CliInputError, match="not an annotation"):
         read_annotation_contours(path)
-
-
-def test_outputs_are_written_all_or_none(tmp_path: Path) -> None:
-    good, bad = tmp_path / "good.anot", tmp_path / "bad.json"
-    with pytest.raises(ValueError):
-        write_outputs({good: {"elements": []}, bad: {"value": float("nan")}})
-    assert list(tmp_path.iterdir()) == []
-    write_outputs({good: {"elements": []}, bad: {"value": 1}})
-    assert json.loads(bad.read_text()) == {"value": 1} and good.is_file()

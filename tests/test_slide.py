@@ -14,7 +14,9 @@ from lnassist.slide import (
     CLASSIFIER_MPP,
     DETECTOR_MPP,
     SlideError,
+    cell_centres_inside,
     open_slide,
+    polygon_area_base_px2,
     polygon_mask,
     read_polygon_region,
 )
@@ -561,3 +563,27 @@ def test_reads_from_a_gigapixel_slide_stay_small(tmp_path):
     for y, x in [(10, 10), (100, 200), (300, 150)]:
         assert np.abs(thumbnail[y, x].astype(int) - big_colour(x * 64 + 32, y * 64 + 32)).max() <= 4
     assert detector.shape == (204, 204, 3) and classifier.shape == (543, 543, 3)
+
+
+def test_cell_centres_inside_a_polygon() -> None:
+    """A grid of cells with their own spacing per axis: True exactly where a cell's centre is inside
+    (known for a triangle), and the same as polygon_mask on a grid with equal spacing."""
+    triangle = np.array([[0.0, 0.0], [400.0, 0.0], [0.0, 300.0]])
+    rows, cols = 12, 20
+    inside = cell_centres_inside(triangle, (10.0, 12.5), (20.0, 25.0), rows, cols)
+    x = 10.0 + 20.0 * np.arange(cols)[None, :]
+    y = 12.5 + 25.0 * np.arange(rows)[:, None]
+    assert np.array_equal(inside, x / 400.0 + y / 300.0 < 1.0)
+    # polygon_mask's pixel (r, c) is the cell centred at left + (c + 0.5) * mpp / base_mpp.
+    mask = polygon_mask(triangle, -3.0, 7.0, 50, 40, 2.0, base_mpp=0.25)
+    assert np.array_equal(cell_centres_inside(triangle, (-3.0 + 4.0, 7.0 + 4.0), (8.0, 8.0), 40, 50), mask)
+    with pytest.raises(ValueError, match="spacing"):
+        cell_centres_inside(triangle, (0.0, 0.0), (0.0, 1.0), 2, 2)
+
+
+def test_polygon_area_in_base_pixels() -> None:
+    square = np.array([[10.0, 10.0], [110.0, 10.0], [110.0, 60.0], [10.0, 60.0]])
+    assert polygon_area_base_px2(square) == 5000.0
+    assert polygon_area_base_px2(square[::-1]) == 5000.0  # either orientation
+    assert polygon_area_base_px2(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])) == 0.0
+

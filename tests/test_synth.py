@@ -22,10 +22,11 @@ from lnassist.categories import (
     NEGATIVE_MIMIC,
     category_of_extent,
 )
+from lnassist.commands.synth import add_cli
+from lnassist.manifest import read_manifest
 from lnassist.synth import SynthError, geometry
 from lnassist.synth import layout as L
-from lnassist.synth.cli import add_cli
-from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config, read_manifest
+from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config
 from lnassist.synth.generate import gt_path_for, write_slide
 from lnassist.synth.render import LUT_E, LUT_H, render_concentrations, render_region
 from lnassist.synth.stain import concentrations_to_rgb

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,6 +26,7 @@ from lnassist.classifier import (
 )
 from lnassist.escnn.model import window_to_input
 from lnassist.escnn.sources import SlideRegionSource
+from lnassist.manifest import ManifestError
 from lnassist.slide import open_slide
 from lnassist.training import TrainingError
 from lnassist.training.config import CPU, PAPER, TrainConfig, dump_config, load_config
@@ -173,6 +175,10 @@ def test_ln_and_slide_images(manifest: Path) -> None:
         assert im.label == max(r["label"] for r in mine) == 1
     with pytest.raises(TrainingError, match="no LN of split"):
         images_from_manifest(manifest, "test")
+    # The label field trained on is checked in the rows of the split read, naming the first one lacking it.
+    lacking = rf"^{re.escape(str(manifest))}:1: missing the label field 'annotator'$"
+    with pytest.raises(ManifestError, match=lacking):
+        images_from_manifest(manifest, "train", "ln", "annotator")
 
 
 def test_slide_canvas_is_the_union_of_its_lns(manifest: Path) -> None:

@@ -1,7 +1,7 @@
 """Slicer CLI "Run LN analysis": slide -> LN outlines with metastasis scores, heatmaps, item metadata.
 
-Detection and classification are :func:`lnassist.pipeline.analyze`; the outputs are its
-documents (:func:`lnassist.pipeline.analysis_documents`). Parameters: ``LNAnalysis.xml``.
+Detection and classification are :func:`lnassist.pipeline.analyze`; the outputs are written by
+:mod:`lnassist.outputs`. Parameters: ``LNAnalysis.xml``.
 """
 
 import argparse
@@ -25,19 +25,22 @@ STAGES = (
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
     from lnassist.pipeline import analyze
+    from lnassist.slide import open_slide
 
-    outputs = analysis_outputs(args)
+    paths = analysis_outputs(args)
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)
     progress("detect", 0.0, f"opening {args.inputImageFile} and loading the models")
-    analysis = analyze(args.inputImageFile, cfg, progress)
+    slide = open_slide(args.inputImageFile, cfg.base_mpp)
+    analysis = analyze(slide, cfg, progress)
     write_analysis(
         analysis,
-        outputs,
+        paths,
         cli_name=cli_name,
         parameters=cli_parameters(args),
         contours_from="detector",
         progress=progress,
+        slide=slide,
     )
 
 

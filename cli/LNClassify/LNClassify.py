@@ -28,7 +28,7 @@ STAGES = (
 
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
-    outputs = analysis_outputs(args)
+    paths = analysis_outputs(args)
     if bool(args.inputAnnotationFile) == bool(args.annotationId):
         raise CliInputError(
             "give the LN outlines either as --inputAnnotationFile or as --annotationId (one of them)"
@@ -42,14 +42,16 @@ def main(args: argparse.Namespace, cli_name: str) -> None:
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)
     progress("classify", 0.0, f"{len(contours)} LN outline(s) from {source}")
-    analysis = classify(open_slide(args.inputImageFile, cfg.base_mpp), contours, cfg, progress)
+    slide = open_slide(args.inputImageFile, cfg.base_mpp)
+    analysis = classify(slide, contours, cfg, progress)
     write_analysis(
         analysis,
-        outputs,
+        paths,
         cli_name=cli_name,
         parameters=cli_parameters(args),
         contours_from="annotation",
         progress=progress,
+        slide=slide,
     )
 
 

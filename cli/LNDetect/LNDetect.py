@@ -7,16 +7,7 @@ Parameters: ``LNDetect.xml``.
 import argparse
 import sys
 
-from lnassist.cli_support import (
-    SlicerProgress,
-    analysis_config,
-    cli_parameters,
-    contour_document,
-    requested_outputs,
-    run_cli,
-    write_outputs,
-)
-from lnassist.pipeline import detect
+from lnassist.cli_support import SlicerProgress, analysis_config, cli_parameters, requested_outputs, run_cli
 
 STAGES = (
     ("detect", "finding the lymph nodes", 0.9),
@@ -25,15 +16,23 @@ STAGES = (
 
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
-    outputs = requested_outputs(args, ("outputAnnotationFile",))
+    from lnassist.annotations import contour_document, validate_document
+    from lnassist.outputs import write_documents
+    from lnassist.pipeline import detect
+    from lnassist.slide import open_slide
+
+    path = requested_outputs(args, ("outputAnnotationFile",))["outputAnnotationFile"]
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)
     progress("detect", 0.0, f"opening {args.inputImageFile} and loading the detector")
-    detected = detect(args.inputImageFile, cfg, progress)
-    document = contour_document(detected, cli_name=cli_name, parameters=cli_parameters(args))
-    progress("write", 0.0, f"{len(detected.contours_base_px)} LN outline(s)")
-    write_outputs({outputs["outputAnnotationFile"]: document})
-    progress("write", 1.0, f"wrote {outputs['outputAnnotationFile']}")
+    detection = detect(open_slide(args.inputImageFile, cfg.base_mpp), cfg, progress)
+    document = contour_document(
+        detection.contours_base_px, detection.base_mpp, detection.provenance(cli_name, cli_parameters(args))
+    )
+    validate_document(document)
+    progress("write", 0.0, f"{len(detection.contours_base_px)} LN outline(s)")
+    write_documents({path: document}, overwrite=True)
+    progress("write", 1.0, f"wrote {path}")
     progress.finish()
 
 

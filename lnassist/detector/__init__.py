@@ -3,8 +3,8 @@
 Modules: ``grid`` (the detector's pixel grid over a slide and its base-pixel coordinates), ``model``
 (architecture, input normalisation, checkpoints), ``postprocess`` (the paper's mask -> contours steps),
 ``data`` (slides + ground-truth masks from a synthetic data set manifest), ``infer`` (tiled prediction,
-``detect_slide``), ``train``, ``evaluate`` and ``cli`` (``detect``, ``train-detector``,
-``evaluate-detector``).
+``detect_slide``), ``train`` and ``evaluate``. The commands (``detect``, ``train-detector``,
+``evaluate-detector``) are in :mod:`lnassist.commands.detector`.
 """
 
 from lnassist.errors import LnassistError

@@ -1,10 +1,9 @@
 """Detector training and evaluation data: the slides of a data set manifest at 1.25x with their
 ground-truth LN masks rasterised from the LN contours on the same grid.
 
-A manifest (``manifest.jsonl``, written by :func:`lnassist.synth.dataset.build_dataset` or by hand for
-real slides) has one row per LN with at least ``split``, ``slide`` (path relative to the manifest's
-folder), ``slide_id``, ``contour`` (base-level px) and ``mpp`` (base um/px). Slides without any LN row
-are not in a manifest, so every sample has at least one LN.
+The manifest (:mod:`lnassist.manifest`) has one row per LN; a slide is read at its row's ``mpp`` when
+given, else at its file's resolution. Slides without any LN row are not in a manifest, so every sample
+has at least one LN.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ import numpy as np
 
 from lnassist.detector import DetectorError
 from lnassist.detector.grid import Grid
+from lnassist.manifest import read_manifest, resolve_path
 from lnassist.slide import DETECTOR_MPP, open_slide
-from lnassist.synth.dataset import read_manifest
-
-REQUIRED_FIELDS = ("split", "slide", "slide_id", "contour", "mpp")
 
 
 @dataclass
@@ -37,14 +34,9 @@ class SlideSample:
 
 def manifest_slides(manifest_path: str | Path, splits: tuple[str, ...]) -> dict[str, list[dict]]:
     """The manifest's rows of ``splits``, grouped by slide path (in manifest order)."""
-    rows = read_manifest(manifest_path)
     by_slide: dict[str, list[dict]] = {}
-    for number, row in enumerate(rows, start=1):
-        missing = [k for k in REQUIRED_FIELDS if k not in row]
-        if missing:
-            raise DetectorError(f"{manifest_path}: row {number} lacks {missing}")
-        if row["split"] in splits:
-            by_slide.setdefault(row["slide"], []).append(row)
+    for row in read_manifest(manifest_path, splits):
+        by_slide.setdefault(row["slide"], []).append(row)
     if not by_slide:
         raise DetectorError(f"{manifest_path}: no rows in split(s) {list(splits)}")
     return by_slide
@@ -54,16 +46,15 @@ def load_samples(
     manifest_path: str | Path, splits: tuple[str, ...], mpp: float = DETECTOR_MPP
 ) -> list[SlideSample]:
     """Read every slide of ``splits`` at ``mpp`` and rasterise its LN contours (pixel-centre rule)."""
-    root = Path(manifest_path).parent
     samples = []
     for slide_rel, rows in manifest_slides(manifest_path, splits).items():
-        slide = open_slide(root / slide_rel, mpp=float(rows[0]["mpp"]))
+        slide = open_slide(resolve_path(manifest_path, slide_rel), mpp=rows[0].get("mpp"))
         grid = Grid.of_slide(slide, mpp)
         contours = [np.asarray(r["contour"], dtype=np.float64) for r in rows]
         samples.append(
             SlideSample(
-                slide_id=str(rows[0]["slide_id"]),
-                split=str(rows[0]["split"]),
+                slide_id=rows[0]["slide_id"],
+                split=rows[0]["split"],
                 path=slide.path,
                 image=slide.read_thumbnail(mpp),
                 mask=grid.rasterise(contours),

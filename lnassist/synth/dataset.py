@@ -1,9 +1,9 @@
 """Train/val/test sets of synthetic slides with a per-LN manifest (``manifest.jsonl``) for training code.
 
 Each split has its own slide count, stain sites and category mix (the default test mix is rich in
-micrometastases and ITCs so they can be measured separately, as in the paper). Manifest rows: split,
-slide and ground-truth paths (relative to the data set folder), LN id, contour and bbox (base px),
-label, category, largest deposit extent, site, mpp.
+micrometastases and ITCs so they can be measured separately, as in the paper). The manifest
+(:mod:`lnassist.manifest`) gets, per LN, the required fields plus the ground-truth path, category,
+largest deposit extent, bbox, stain site, mpp, slide label and slide seed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from lnassist.categories import CATEGORIES, ITC, MACRO, MICRO, NEGATIVE, NEGATIVE_MIMIC
 from lnassist.fileio import refuse_existing, write_text_atomic
+from lnassist.manifest import MANIFEST_NAME, write_manifest
 from lnassist.synth import SynthError
 from lnassist.synth.generate import gt_path_for, write_slide
 from lnassist.synth.layout import DEFAULT_MIX, LayoutConfig
@@ -25,7 +26,6 @@ from lnassist.synth.stain import get_site
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.jsonl"
 TEST_MIX = {NEGATIVE: 0.3, NEGATIVE_MIMIC: 0.15, ITC: 0.25, MICRO: 0.2, MACRO: 0.1}
 
 
@@ -150,19 +150,10 @@ def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2, ove
                         "seed": seed,
                     }
                 )
-    rows_text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
     summary = {"config": asdict(cfg), "n_rows": len(rows), "counts": {}}
     for r in rows:
         key = f"{r['split']}/{r['category']}"
         summary["counts"][key] = summary["counts"].get(key, 0) + 1
     write_text_atomic(out / "dataset.json", json.dumps(summary, indent=1), overwrite=True)
-    write_text_atomic(manifest, rows_text, overwrite=True)
+    write_manifest(manifest, rows, overwrite=overwrite)
     return manifest
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """The manifest's rows (one dict per LN)."""
-    try:
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SynthError(f"cannot read manifest {path}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Training images from a ``manifest.jsonl`` (one row per LN, as ``lnassist synth-dataset`` writes it).
+"""Training images from a manifest (:mod:`lnassist.manifest`, one row per LN).
 
 An image is one LN (``label_mode="ln"``) or one slide (``"slide"``: the common bounding box of
 all its LNs, white outside them, positive if any LN is positive). Pixels come from the slide at
@@ -8,7 +8,6 @@ opened once per process and kept open.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,9 +17,8 @@ import numpy as np
 
 from lnassist.categories import CATEGORIES  # ordered from benign to worst
 from lnassist.escnn.sources import SlideRegionSource
+from lnassist.manifest import read_manifest, resolve_path
 from lnassist.training import TrainingError
-
-REQUIRED_FIELDS = ("split", "slide", "slide_id", "contour")
 
 
 @dataclass(frozen=True)
@@ -34,83 +32,50 @@ class TrainImage:
     mpp_override: float | None  # slide resolution from the manifest, for slides without metadata
 
 
-def read_rows(manifest: str | Path) -> list[dict[str, Any]]:
-    path = Path(manifest)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise TrainingError(f"cannot read manifest {path}: {exc}") from exc
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainingError(f"{path}:{n}: not JSON ({exc})") from exc
-        missing = [f for f in REQUIRED_FIELDS if f not in row]
-        if missing:
-            raise TrainingError(f"{path}:{n}: row lacks {missing}")
-        rows.append(row)
-    return rows
+def _polygon(row: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    return tuple((float(x), float(y)) for x, y in row["contour"])
 
 
-def _label(row: dict[str, Any], field: str, where: str) -> int:
-    value = row.get(field)
-    if value not in (0, 1, True, False):
-        raise TrainingError(f"{where}: label field {field!r} must be 0 or 1, got {value!r}")
-    return int(value)
+def _mpp(row: dict[str, Any]) -> float | None:
+    return None if row.get("mpp") is None else float(row["mpp"])
 
 
 def images_from_manifest(
     manifest: str | Path, split: str, label_mode: str = "ln", label_field: str = "label"
 ) -> list[TrainImage]:
-    """The training images of ``split``, in manifest order; slide paths resolved against the manifest."""
-    root = Path(manifest).parent
-    rows = [r for r in read_rows(manifest) if r["split"] == split]
+    """The training images of ``split``, in manifest order, labelled from ``label_field``."""
+    rows = read_manifest(manifest, splits=(split,), label_field=label_field)
     if not rows:
         raise TrainingError(f"{manifest}: no LN of split {split!r}")
-
-    def polygon(row: dict[str, Any]) -> tuple[tuple[float, float], ...]:
-        contour = np.asarray(row["contour"], dtype=np.float64)
-        if contour.ndim != 2 or contour.shape[1] != 2 or len(contour) < 3:
-            raise TrainingError(
-                f"{manifest}: contour of {row['slide_id']}/{row.get('ln_id')} is not a polygon"
-            )
-        return tuple((float(x), float(y)) for x, y in contour)
-
-    def mpp(row: dict[str, Any]) -> float | None:
-        return float(row["mpp"]) if row.get("mpp") else None
-
     if label_mode == "ln":
         return [
             TrainImage(
-                key=f"{r['slide_id']}/{r.get('ln_id', i)}",
-                slide_path=str(root / r["slide"]),
-                slide_id=str(r["slide_id"]),
-                polygons_base_px=(polygon(r),),
-                label=_label(r, label_field, f"{manifest}: {r['slide_id']}"),
-                category=str(r.get("category", "")),
-                mpp_override=mpp(r),
+                key=f"{r['slide_id']}/{r['ln_id']}",
+                slide_path=str(resolve_path(manifest, r["slide"])),
+                slide_id=r["slide_id"],
+                polygons_base_px=(_polygon(r),),
+                label=r[label_field],
+                category=r.get("category") or "",
+                mpp_override=_mpp(r),
             )
-            for i, r in enumerate(rows)
+            for r in rows
         ]
     by_slide: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_slide.setdefault(str(r["slide_id"]), []).append(r)
+        by_slide.setdefault(r["slide_id"], []).append(r)
     images = []
     for slide_id, group in by_slide.items():
-        cats = [str(r.get("category", "")) for r in group]
+        cats = [r.get("category") or "" for r in group]
         worst = max(cats, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else -1)
         images.append(
             TrainImage(
                 key=slide_id,
-                slide_path=str(root / group[0]["slide"]),
+                slide_path=str(resolve_path(manifest, group[0]["slide"])),
                 slide_id=slide_id,
-                polygons_base_px=tuple(polygon(r) for r in group),
-                label=max(_label(r, label_field, f"{manifest}: {slide_id}") for r in group),
+                polygons_base_px=tuple(_polygon(r) for r in group),
+                label=max(r[label_field] for r in group),
                 category=worst,
-                mpp_override=mpp(group[0]),
+                mpp_override=_mpp(group[0]),
             )
         )
     return images

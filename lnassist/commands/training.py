@@ -1,4 +1,4 @@
-"""Command-line subcommand ``train-classifier`` (manifest -> trained classifier folder).
+"""``lnassist train-classifier`` (manifest -> trained classifier folder).
 
 Single process: ``lnassist train-classifier MANIFEST --out DIR``. Several processes or GPUs:
 ``torchrun --nproc_per_node N -m lnassist train-classifier MANIFEST --out DIR`` (same arguments).
@@ -11,17 +11,14 @@ import json
 import os
 from typing import Any
 
-from lnassist.training.config import PRESETS
+from lnassist.commands.args import device, positive_int, set_threads
+from lnassist.training.config import PRESETS, load_config
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from lnassist.training.config import load_config
     from lnassist.training.loop import train_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = load_config(
         args.config,
         args.preset,
@@ -50,8 +47,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    from lnassist.detector.cli import _device, _positive_int
-
     p = subparsers.add_parser(
         "train-classifier",
         help="train the ESCNN LN classifier (or the MIL baseline) from a manifest",
@@ -72,14 +67,14 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--method", choices=("escnn", "mil"), help="mil: the patch-based baseline")
     p.add_argument("--mpp", type=float, help="training resolution, um/px (0.46 = 20x, 1.84 = 5x)")
     p.add_argument("--label-mode", choices=("ln", "slide"))
-    p.add_argument("--max-epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int, help="images per step over all processes")
+    p.add_argument("--max-epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="images per step over all processes")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--init-checkpoint", help="start from this classifier's weights (same backbone)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start again in a folder holding a run")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads per process")
-    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads per process")
+    p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)

@@ -1,15 +1,16 @@
-"""Command-line subcommands ``synth`` (one slide) and ``synth-dataset`` (train/val/test + manifest)."""
+"""``lnassist synth`` (one synthetic LN slide) and ``lnassist synth-dataset`` (train/val/test
+slides and their ``manifest.jsonl``)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from dataclasses import replace
+from typing import Any
 
 from lnassist.categories import CATEGORIES
-from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config
-from lnassist.synth.generate import gt_path_for, write_slide
-from lnassist.synth.layout import MPP_20X, TUMOUR_TYPES, LayoutConfig
+from lnassist.commands.args import positive_int
+from lnassist.synth.layout import MPP_20X, TUMOUR_TYPES
 from lnassist.synth.stain import SITES
 
 
@@ -26,6 +27,9 @@ def _sites(text: str) -> tuple[str, ...]:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    from lnassist.synth.generate import gt_path_for, write_slide
+    from lnassist.synth.layout import LayoutConfig
+
     cfg = LayoutConfig(
         args.width_px,
         args.height_px,
@@ -54,6 +58,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_synth_dataset(args: argparse.Namespace) -> int:
+    from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config
+
     cfg = load_config(args.config) if args.config else DatasetConfig()
     over = {
         k: v
@@ -78,21 +84,14 @@ def run_synth_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def add_cli(subparsers) -> None:
+def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "synth", help="write one synthetic LN slide (pyramidal TIFF + ground truth JSON)"
     )
     p.add_argument("out", help="output .tiff path; ground truth goes to <stem>.gt.json")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width-px", type=_positive_int, default=16000, help="base-level width (0.46 um/px)")
-    p.add_argument("--height-px", type=_positive_int, default=16000)
+    p.add_argument("--width-px", type=positive_int, default=16000, help="base-level width (0.46 um/px)")
+    p.add_argument("--height-px", type=positive_int, default=16000)
     p.add_argument("--site", default="A", choices=sorted(SITES), help="stain site")
     p.add_argument("--mpp", type=float, default=MPP_20X, help=argparse.SUPPRESS)
     p.add_argument(
@@ -101,11 +100,11 @@ def add_cli(subparsers) -> None:
         default=None,
         help=f"comma-separated node categories (default: random mix); from {', '.join(CATEGORIES)}",
     )
-    p.add_argument("--n-nodes", type=_positive_int, default=None)
+    p.add_argument("--n-nodes", type=positive_int, default=None)
     p.add_argument("--tumour-type", choices=TUMOUR_TYPES, default=None)
-    p.add_argument("--tile-px", type=_positive_int, default=512)
+    p.add_argument("--tile-px", type=positive_int, default=512)
     p.add_argument("--quality", type=int, default=85)
-    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--overwrite", action="store_true", help="replace an existing slide and ground truth")
     p.set_defaults(func=run_synth)
 
@@ -115,13 +114,13 @@ def add_cli(subparsers) -> None:
     d.add_argument("out_dir")
     d.add_argument("--config", help="YAML with DatasetConfig fields (splits: n_slides, sites, mix)")
     d.add_argument("--seed", type=int, default=None)
-    d.add_argument("--width-px", type=_positive_int, default=None)
-    d.add_argument("--height-px", type=_positive_int, default=None)
+    d.add_argument("--width-px", type=positive_int, default=None)
+    d.add_argument("--height-px", type=positive_int, default=None)
     for split in ("train", "val", "test"):
         d.add_argument(f"--n-{split}", type=int, default=None, help=f"number of {split} slides")
         d.add_argument(
             f"--{split}-sites", type=_sites, default=None, help=f"comma-separated sites for {split}"
         )
-    d.add_argument("--workers", type=_positive_int, default=2)
+    d.add_argument("--workers", type=positive_int, default=2)
     d.add_argument("--overwrite", action="store_true", help="rebuild a data set folder that has a manifest")
     d.set_defaults(func=run_synth_dataset)

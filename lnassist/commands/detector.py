@@ -1,5 +1,5 @@
-"""Command-line subcommands ``detect`` (slide -> LN contours JSON), ``train-detector`` (manifest ->
-checkpoint) and ``evaluate-detector`` (checkpoint + manifest split -> JSON report)."""
+"""``lnassist detect`` (slide -> LN contours JSON), ``lnassist train-detector`` (manifest ->
+checkpoint) and ``lnassist evaluate-detector`` (checkpoint + manifest split -> JSON report)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lnassist.commands.args import device, positive_int, set_threads
 from lnassist.detector import DetectorError
 from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from lnassist.detector.model import PRESETS
@@ -16,37 +17,11 @@ from lnassist.detector.postprocess import MIN_COMPONENT_PX
 from lnassist.fileio import atomic_output, refuse_existing, write_text_atomic
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _device(text: str) -> Any:
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available here")
-    return device
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _load_for_inference(args: argparse.Namespace, outputs: tuple[Path | None, ...]) -> tuple[Any, dict]:
     """Threads, an early refusal of existing outputs (before any compute), the checkpoint on the device."""
     from lnassist.detector.model import load_checkpoint
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     for out in outputs:
         if out is not None:
             refuse_existing(out, args.overwrite)
@@ -64,14 +39,14 @@ def _write_json(report: dict[str, Any], out: Path | None, overwrite: bool) -> No
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tile-px", type=_positive_int, default=DEFAULT_TILE_PX,
+    parser.add_argument("--tile-px", type=positive_int, default=DEFAULT_TILE_PX,
                         help="inference tile side at 1.25x (default %(default)s)")
     parser.add_argument("--overlap-px", type=int, default=DEFAULT_OVERLAP_PX,
                         help="overlap of neighbouring tiles at 1.25x (default %(default)s)")
-    parser.add_argument("--min-component-px", type=_positive_int, default=MIN_COMPONENT_PX,
+    parser.add_argument("--min-component-px", type=positive_int, default=MIN_COMPONENT_PX,
                         help="smallest LN kept, pixels at 1.25x (paper: %(default)s)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -102,7 +77,7 @@ def run_detect(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from lnassist.detector.train import TRAIN_PRESETS, train_from_manifest
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     model_config = PRESETS[args.preset]
     if args.encoder:
         model_config = replace(model_config, encoder=args.encoder)
@@ -158,14 +133,14 @@ def add_cli(subparsers: Any) -> None:
                        help="cpu: resnet18, 1000 iterations of 4 x 256 px crops; paper: resnet50, 40,000 "
                             "iterations of 8 x 1024 px crops (default %(default)s)")
     train.add_argument("--encoder", default=None, help="override the preset's encoder (e.g. mobilenet_v2)")
-    train.add_argument("--iterations", type=_positive_int, default=None)
-    train.add_argument("--batch-size", type=_positive_int, default=None)
-    train.add_argument("--crop-px", type=_positive_int, default=None)
+    train.add_argument("--iterations", type=positive_int, default=None)
+    train.add_argument("--batch-size", type=positive_int, default=None)
+    train.add_argument("--crop-px", type=positive_int, default=None)
     train.add_argument("--lr", type=float, default=None)
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--evaluate-split", default="val", help="held-out split to score ('' for none)")
-    train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    train.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cuda")
+    train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    train.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(func=run_train)
 

@@ -1,0 +1,14 @@
+"""The paper's operating points: the analysis modes and their decision thresholds.
+
+Standard library only, so the Girder plugin, the Slicer CLIs and the evaluation all read the same
+numbers without importing anything heavy. The resolutions the models run at (7.36 / 0.46 um/px)
+belong to slide reading and live in :mod:`lnassist.slide`.
+"""
+
+from __future__ import annotations
+
+# Huang et al. 2022: 0.4 balances positive and negative calls (best validation MCC); 0.15 is the
+# screening threshold (high sensitivity).
+THRESHOLDS: dict[str, float] = {"general": 0.4, "screening": 0.15}
+MODES: tuple[str, ...] = ("screening", "general")
+DEFAULT_MODE = "general"
