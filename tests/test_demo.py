@@ -41,5 +41,5 @@ def test_demo_generates_reads_and_draws_a_slide(tmp_path):
     assert sorted(ln["truth"] for ln in analysis["lns"]) == sorted(DEMO_CATEGORIES)
     macro = next(ln for ln in analysis["lns"] if ln["truth"] == "macro")
     assert macro["positive"] and macro["score"] >= analysis["threshold"]
-    for key in ("annotation", "heatmap", "summary", "overlay"):
+    for key in ("annotation", "heatmap", "summary", "overview"):
         assert Path(summary["outputs"][key]).is_file(), key
