@@ -121,7 +121,7 @@ def ln_document(
         "name": dsa.DOC_LN,
         "description": f"{len(lns)} LNs, {n_positive} positive (threshold {threshold:g}, mode {mode})",
         "display": {"visible": True},
-        "attributes": _attributes(counts, provenance, run_details=True),
+        "attributes": _attributes(dsa.DOCUMENT_LN, counts, provenance, run_details=True),
         "elements": elements,
     }
 
@@ -145,14 +145,16 @@ def contour_document(
                 group=dsa.GROUP_DETECTED,
                 label=f"LN {number}",
                 colour=dsa.DETECTED_RGB,
-                user={"ln_id": number, "area_um2": round(area_um2, 1)},
+                user={dsa.ELEMENT_LN_ID: number, dsa.ELEMENT_AREA_UM2: round(area_um2, 1)},
             )
         )
     return {
         "name": dsa.DOC_CONTOURS,
         "description": f"{len(elements)} LN contours from detector {detector.id} (not classified)",
         "display": {"visible": True},
-        "attributes": _attributes({"lns": len(elements)}, provenance, run_details=True),
+        "attributes": _attributes(
+            dsa.DOCUMENT_CONTOURS, {"lns": len(elements)}, provenance, run_details=True
+        ),
         "elements": elements,
     }
 
@@ -229,7 +231,7 @@ def heatmap_document(
         "description": f"class-activation heatmaps of {len(with_cam)} of {len(lns)} LNs",
         "display": {"visible": True},
         "attributes": _attributes(
-            {"lns": len(lns), "heatmaps": len(with_cam)}, provenance, run_details=False
+            dsa.DOCUMENT_HEATMAP, {"lns": len(lns), "heatmaps": len(with_cam)}, provenance, run_details=False
         ),
         "elements": elements,
     }
@@ -438,10 +440,13 @@ def _scoring_model(provenance: Provenance) -> ModelRef:
     return model
 
 
-def _attributes(counts: dict[str, int], provenance: Provenance, *, run_details: bool) -> dict[str, Any]:
-    """A document's ``attributes``: its counts and where it came from; ``run_details`` adds the run's
-    parameters and timings (kept out of the heatmap document, which repeats the LN document's run)."""
-    attributes: dict[str, Any] = {dsa.ATTR_COUNTS: counts}
+def _attributes(
+    document: str, counts: dict[str, int], provenance: Provenance, *, run_details: bool
+) -> dict[str, Any]:
+    """A document's ``attributes``: which lnassist document it is, its counts and where it came
+    from; ``run_details`` adds the run's parameters and timings (kept out of the heatmap document,
+    which repeats the LN document's run)."""
+    attributes: dict[str, Any] = {dsa.ATTR_DOCUMENT: document, dsa.ATTR_COUNTS: counts}
     if provenance.mode is not None:
         attributes[dsa.ATTR_MODE] = provenance.mode
         attributes[dsa.ATTR_THRESHOLD] = float(provenance.threshold)

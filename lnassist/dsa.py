@@ -40,7 +40,13 @@ GROUP_RGB = {
 # with '.' or a leading '$').
 METADATA_PREFIX = "lnassist_"
 
-# Document ``attributes`` keys recording where a document came from.
+# Document ``attributes`` keys recording where a document came from. ATTR_DOCUMENT is on every
+# document lnassist makes and says which one it is, so the server finds lnassist's own documents by
+# their attributes (with the models and the CLI that made them), never by name.
+ATTR_DOCUMENT = "lnassist_document"
+DOCUMENT_LN = "ln"  # LN outlines with scores and labels
+DOCUMENT_HEATMAP = "heatmap"
+DOCUMENT_CONTOURS = "contours"  # the detector's unscored outlines
 ATTR_COUNTS = "counts"
 ATTR_MODE = "mode"
 ATTR_THRESHOLD = "threshold"
@@ -50,6 +56,12 @@ ATTR_VERSION = "lnassist_version"
 ATTR_PARAMETERS = "parameters"
 ATTR_TIMINGS = "timings_s"
 
+# Keys of an LN outline element's ``user`` data as the AI wrote them (a person's own outlines have none).
+ELEMENT_LN_ID = "ln_id"
+ELEMENT_SCORE = "score"
+ELEMENT_POSITIVE = "positive"  # the AI's label
+ELEMENT_AREA_UM2 = "area_um2"
+
 
 def rgb(colour: tuple[int, int, int]) -> str:
     return "rgb({},{},{})".format(*colour)
@@ -58,3 +70,28 @@ def rgb(colour: tuple[int, int, int]) -> str:
 def rgba(colour: tuple[int, int, int], alpha: float) -> str:
     # Fixed decimals: large_image's schema pattern rejects exponents such as 1e-05.
     return "rgba({},{},{},{:.2f})".format(*colour, alpha)
+
+# The job that made a document, when the run was started through the plugin (absent otherwise).
+ATTR_JOB = "job_id"
+
+# The pathologist's review of an LN document (written only by the Girder plugin's review endpoint;
+# the plugin undoes any other change to it). In the document's ``attributes`` under ATTR_REVIEW, and
+# mirrored into the item's metadata under the METADATA_PREFIX + REVIEW_META_* keys.
+ATTR_REVIEW = "lnassist_review"
+REVIEW_ACCEPTED = "accepted"  # the AI's result, unchanged, is right
+REVIEW_CORRECTED = "corrected"  # right after the pathologist's changes (relabels, outlines, deletions)
+REVIEW_REJECTED = "rejected"  # the AI's result is unusable for this slide
+REVIEW_STATES: tuple[str, ...] = (REVIEW_ACCEPTED, REVIEW_CORRECTED, REVIEW_REJECTED)
+REVIEW_UNREVIEWED = "unreviewed"  # what summaries say for a document without a review
+REVIEW_META_STATE = "review_state"
+REVIEW_META_BY = "reviewed_by"  # the reviewer's login
+REVIEW_META_AT = "reviewed_at"  # UTC ISO 8601
+REVIEW_META_ANNOTATION = "review_annotation"  # the reviewed document's id
+REVIEW_META_VERSION = "review_version"  # its ``_version`` at review
+REVIEW_META_KEYS: tuple[str, ...] = (
+    REVIEW_META_STATE,
+    REVIEW_META_BY,
+    REVIEW_META_AT,
+    REVIEW_META_ANNOTATION,
+    REVIEW_META_VERSION,
+)

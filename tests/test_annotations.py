@@ -104,6 +104,7 @@ def test_ln_document_content_matches_the_results() -> None:
     }
     assert doc["attributes"]["mode"] == "accurate" and doc["attributes"]["threshold"] == THRESHOLD
     assert doc["attributes"]["cli"] == "LNMetastasis" and doc["attributes"]["lnassist_version"] == "0.1.0"
+    assert doc["attributes"][dsa.ATTR_DOCUMENT] == dsa.DOCUMENT_LN
     assert doc["attributes"]["parameters"] == {"inputImageFile": "slide.svs"}
     assert doc["attributes"]["timings_s"] == {"detect": 1.5}
     first, second, third = doc["elements"]
@@ -142,6 +143,7 @@ def test_empty_result_gives_valid_documents_with_zero_counts() -> None:
     heat = heatmap_document([], RUN)
     validate_document(heat)
     assert heat["elements"] == [] and heat["attributes"]["counts"] == {"lns": 0, "heatmaps": 0}
+    assert heat["attributes"][dsa.ATTR_DOCUMENT] == dsa.DOCUMENT_HEATMAP
 
 
 def test_heatmap_document_with_cams_and_image_overlay_validates() -> None:
@@ -244,6 +246,7 @@ def test_contour_document_has_the_detector_outlines_without_scores() -> None:
     assert not any("score" in e["user"] for e in doc["elements"])
     attributes = doc["attributes"]
     assert attributes["counts"] == {"lns": 2} and "threshold" not in attributes
+    assert attributes[dsa.ATTR_DOCUMENT] == dsa.DOCUMENT_CONTOURS
     assert attributes["models"] == [{"id": "det-1", "kind": "detector", "version": "1.0", "sha256": "a" * 64}]
     assert attributes["cli"] == "LNDetect" and attributes["parameters"] == {"mode": "general"}
     with pytest.raises(AnnotationError, match="detector"):
