@@ -80,9 +80,11 @@ def predict_logits(
 
 
 @dataclass
-class Detection:
+class DetectorOutput:
     """What the detector found on one 1.25x image: LN contours (float64 (N, 2) x, y in base-level pixels),
-    the predicted mask and the cleaned mask (after dilation and small-component removal) on ``grid``."""
+    the predicted mask and the cleaned mask (after dilation and small-component removal) on ``grid``.
+    (The detection stage of an analysis, with its model and timings, is
+    :class:`lnassist.results.Detection`.)"""
 
     contours_base_px: list[np.ndarray]
     mask: np.ndarray
@@ -98,7 +100,7 @@ def detect_image(
     overlap_px: int = DEFAULT_OVERLAP_PX,
     min_component_px: int = MIN_COMPONENT_PX,
     region_base_px: tuple[float, float, float, float] | None = None,
-) -> Detection:
+) -> DetectorOutput:
     """Predict the LN mask of a 1.25x image laid on ``grid`` (logit > 0) and post-process it.
 
     ``region_base_px`` (x, y, width, height) restricts the predicted mask before post-processing,
@@ -107,7 +109,7 @@ def detect_image(
     if region_base_px is not None:
         mask &= grid.rectangle_mask(*region_base_px)
     contours, cleaned = mask_to_contours(mask, grid, min_component_px)
-    return Detection(contours, mask, cleaned, grid)
+    return DetectorOutput(contours, mask, cleaned, grid)
 
 
 def detect_slide(
@@ -117,13 +119,13 @@ def detect_slide(
     overlap_px: int = DEFAULT_OVERLAP_PX,
     min_component_px: int = MIN_COMPONENT_PX,
     mpp: float = DETECTOR_MPP,
-) -> Detection:
+) -> DetectorOutput:
     """Read the whole slide at the detector's resolution and detect its LNs."""
     grid = Grid.of_slide(slide, mpp)
     return detect_image(model, slide.read_thumbnail(mpp), grid, tile_px, overlap_px, min_component_px)
 
 
-def detection_to_json(detection: Detection, **context: Any) -> dict[str, Any]:
+def detection_to_json(detection: DetectorOutput, **context: Any) -> dict[str, Any]:
     """JSON-able detections: one entry per LN with its polygon in base-level pixels; ``context``
     (slide path, base mpp, checkpoint, ...) is copied in."""
     lns = []
