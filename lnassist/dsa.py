@@ -71,6 +71,7 @@ def rgba(colour: tuple[int, int, int], alpha: float) -> str:
     # Fixed decimals: large_image's schema pattern rejects exponents such as 1e-05.
     return "rgba({},{},{},{:.2f})".format(*colour, alpha)
 
+
 # The job that made a document, when the run was started through the plugin (absent otherwise).
 ATTR_JOB = "job_id"
 

@@ -4,6 +4,11 @@ Nothing heavy ever runs here: the Girder server never imports torch or the model
 itself is a Slicer CLI job (slicer_cli_web) in the lnassist Docker image; this package will own what
 the server adds around it, reading names, modes and models from lnassist's standard-library-only
 contract modules (:mod:`lnassist.dsa`, :mod:`lnassist.constants`, :mod:`lnassist.registry`).
+
+Modules: ``settings`` (keys, defaults, validators), ``documents`` (pure logic over LN documents:
+current document, LN rows, changes, counts), ``review`` (pure review rules and record), ``store``
+(the plugin's review record and the save guards), ``queries`` (database reads), ``rest`` (the
+``/lnassist`` resource).
 """
 
 from __future__ import annotations
@@ -22,3 +27,13 @@ class LnassistPlugin(GirderPlugin):
     def load(self, info):
         for name in DEPENDENCIES:
             getPlugin(name).load(info)
+        # Imported here: they need the server's models, which exist once the plugins above loaded.
+        from girder import events
+        from girder.utility.model_importer import ModelImporter
+
+        from . import rest, settings, store  # noqa: F401  (settings registers its validators)
+
+        ModelImporter.registerModel("lnassist_review", store.ReviewRecord, "lnassist")
+        events.bind("model.annotation.save", "lnassist", store.guard_annotation_save)
+        events.bind("model.item.save", "lnassist", store.guard_item_save)
+        info["apiRoot"].lnassist = rest.LnassistResource()
