@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from docker_helpers import NAMES, REPO, docker, docker_test, tail
 
-from lnassist.dsa import GROUP_NEGATIVE, GROUP_POSITIVE
+from lnassist.dsa import ATTR_DOCUMENT, DOCUMENT_HEATMAP, DOCUMENT_LN, GROUP_NEGATIVE, GROUP_POSITIVE
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
@@ -65,6 +65,16 @@ def wait_for_job(gc: girder_client.GirderClient, job_id: str) -> dict:
 
 def job_log(job: dict) -> str:
     return "".join(job.get("log", []))
+
+
+def wait_until(condition, what: str, timeout_s: float = 60):
+    """The condition's first true value; documents are ingested (and superseded) after a job ends."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +293,12 @@ def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
     assert second["status"] == JOB_SUCCESS, tail(job_log(second))
     after = dsa.gc.get(f"annotation/{record['_id']}")
     assert after["annotation"] == before["annotation"] and after["_version"] == before["_version"]
+    # The reviewed (edited) LN document stays beside the new one; the first run's heatmap, untouched
+    # AI output, is superseded by the second's (the plugin: plugin/girder_lnassist/supersede.py).
     names = [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])]
-    assert names.count("LN metastasis") == 2 and names.count("LN metastasis heatmap") == 2
+    assert names.count("LN metastasis") == 2
+    assert wait_until(lambda: [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])].count(
+        "LN metastasis heatmap") == 1, "the superseded heatmap gone")
     assert dsa.gc.get(f"item/{item['_id']}")["meta"]["lnassist_mode"] == "general"
 
 
@@ -495,3 +509,136 @@ def test_a_file_that_is_not_a_slide_fails_the_job_with_the_cli_message(dsa: Dsa,
     assert "LNAnalysis: error:" in log and "Traceback" not in log
     assert annotations(dsa.gc, item["_id"]) == []
     assert not any(key.startswith("lnassist_") for key in dsa.gc.get(f"item/{item['_id']}").get("meta", {}))
+
+
+# ------------------------------------------------------------------ the plugin's "Run LN analysis"
+
+
+def analyze(dsa: Dsa, item: dict, **params: object) -> dict:
+    return dsa.gc.post(f"lnassist/item/{item['_id']}/analyze", parameters=params)
+
+
+def lnassist_documents(dsa: Dsa, item: dict, kind: str) -> list[dict]:
+    return [
+        d for d in annotations(dsa.gc, item["_id"])
+        if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == kind
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def configured(dsa: Dsa) -> Dsa:
+    """The admin's setting: which registered image "Run LN analysis" uses."""
+    dsa.gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": dsa.image})
+    return dsa
+
+
+@docker_test
+def test_plugin_runs_the_analysis_and_a_rerun_supersedes_the_untouched_one(
+    configured: Dsa, slide: tuple[Path, dict]
+) -> None:
+    dsa = configured
+    path, gt = slide
+    item = upload_slide(dsa, path)
+    job = analyze(dsa, item, mode="screening")
+    assert job["title"].startswith("Run LN analysis") and job["userId"] == dsa.gc.get("user/me")["_id"]
+    job = wait_for_job(dsa.gc, job["_id"])
+    assert job["status"] == JOB_SUCCESS, tail(job_log(job))
+    summary = wait_until(
+        lambda: (s := dsa.gc.get(f"lnassist/item/{item['_id']}/summary"))["analysed"] and s, "LN document"
+    )
+    assert summary["counts"]["total"] == len(gt["nodes"]) and summary["mode"] == "screening"
+    (first_ln,) = lnassist_documents(dsa, item, DOCUMENT_LN)
+    (first_heat,) = wait_until(lambda: lnassist_documents(dsa, item, DOCUMENT_HEATMAP), "heatmap document")
+
+    second = wait_for_job(dsa.gc, analyze(dsa, item, mode="general")["_id"])
+    assert second["status"] == JOB_SUCCESS, tail(job_log(second))
+    # Exactly one current AI document of each kind: the new one.
+    for kind, first in ((DOCUMENT_LN, first_ln), (DOCUMENT_HEATMAP, first_heat)):
+        docs = wait_until(
+            lambda kind=kind, first=first: (d := lnassist_documents(dsa, item, kind))
+            and len(d) == 1 and d[0]["_id"] != first["_id"] and d,
+            f"one new {kind} document",
+        )
+        assert docs[0]["annotation"]["attributes"]["mode"] == "general"
+    history = dsa.gc.get(f"annotation/{first_ln['_id']}/history")
+    assert history and history[0]["annotation"]["attributes"]["mode"] == "screening"
+
+
+@docker_test
+def test_plugin_reruns_leave_a_reviewed_document_byte_identical(
+    configured: Dsa, slide: tuple[Path, dict]
+) -> None:
+    dsa = configured
+    item = upload_slide(dsa, slide[0])
+    first = wait_for_job(dsa.gc, analyze(dsa, item, mode="screening")["_id"])
+    assert first["status"] == JOB_SUCCESS, tail(job_log(first))
+    (reviewed,) = wait_until(lambda: lnassist_documents(dsa, item, DOCUMENT_LN), "LN document")
+    dsa.gc.put(f"lnassist/annotation/{reviewed['_id']}/review", parameters={"state": "accepted"})
+    before = dsa.gc.get(f"annotation/{reviewed['_id']}")
+    for mode in ("general", "screening"):
+        job = wait_for_job(dsa.gc, analyze(dsa, item, mode=mode)["_id"])
+        assert job["status"] == JOB_SUCCESS, tail(job_log(job))
+    # The reviewed document and the newest AI one; the AI one between them was superseded.
+    docs = wait_until(
+        lambda: len(d := lnassist_documents(dsa, item, DOCUMENT_LN)) == 2 and d, "two LN documents"
+    )
+    assert reviewed["_id"] in {d["_id"] for d in docs}
+    assert dsa.gc.get(f"annotation/{reviewed['_id']}") == before
+
+
+@docker_test
+def test_plugin_racing_runs_leave_one_current_ai_document(configured: Dsa, slide: tuple[Path, dict]) -> None:
+    dsa = configured
+    item = upload_slide(dsa, slide[0])
+    jobs = [analyze(dsa, item, mode="general"), analyze(dsa, item, mode="screening")]
+    for job in jobs:
+        assert wait_for_job(dsa.gc, job["_id"])["status"] == JOB_SUCCESS
+    for kind in (DOCUMENT_LN, DOCUMENT_HEATMAP):
+        # Both runs' documents get ingested; each creation supersedes only older ones.
+        wait_until(lambda kind=kind: len(lnassist_documents(dsa, item, kind)) == 1, f"one {kind} document")
+        time.sleep(2)
+        assert len(lnassist_documents(dsa, item, kind)) == 1
+
+
+@docker_test
+def test_plugin_analyze_refuses_clearly(configured: Dsa, slide: tuple[Path, dict], tmp_path: Path) -> None:
+    dsa = configured
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a slide\n")
+    text_item = dsa.gc.uploadFileToFolder(dsa.folder_id, str(notes))["itemId"]
+    refused = refusal(lambda: dsa.gc.post(f"lnassist/item/{text_item}/analyze"))
+    assert refused.status == 400 and "not a large image" in refused.responseText
+    item = upload_slide(dsa, slide[0])
+    refused = refusal(lambda: analyze(dsa, item, mode="fast"))
+    assert refused.status == 400
+    refused = refusal(lambda: analyze(dsa, item, threshold=1.5))
+    assert refused.status == 400 and "threshold" in refused.responseText
+    # A reader who cannot write the slide, and nobody logged in.
+    login, password = f"reader{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    user = {"login": login, "email": f"{login}@example.org", "firstName": "R", "lastName": "R"}
+    reader_id = dsa.gc.post("user", parameters={**user, "password": password})["_id"]
+    access = dsa.gc.get(f"folder/{dsa.folder_id}/access")
+    access["users"].append({"id": reader_id, "level": 0})
+    dsa.gc.put(f"folder/{dsa.folder_id}/access", parameters={"access": json.dumps(access)})
+    reader = girder_client.GirderClient(apiUrl=dsa.gc.urlBase)
+    reader.authenticate(login, password)
+    assert reader.get(f"lnassist/item/{item['_id']}/summary")["analysed"] is False
+    assert refusal(lambda: reader.post(f"lnassist/item/{item['_id']}/analyze")).status == 403
+    anonymous = girder_client.GirderClient(apiUrl=dsa.gc.urlBase)
+    assert refusal(lambda: anonymous.post(f"lnassist/item/{item['_id']}/analyze")).status == 401
+    # No image configured: said as the admin's task.
+    dsa.gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": ""})
+    try:
+        refused = refusal(lambda: analyze(dsa, item))
+        assert refused.status == 400 and "no lnassist image is configured" in refused.responseText
+    finally:
+        dsa.gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": dsa.image})
+    assert lnassist_documents(dsa, item, DOCUMENT_LN) == []  # nothing was started
+
+
+def refusal(call) -> girder_client.HttpError:
+    try:
+        call()
+    except girder_client.HttpError as exc:
+        return exc
+    raise AssertionError("the request was not refused")

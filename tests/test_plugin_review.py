@@ -401,6 +401,10 @@ def test_forged_reviews_are_undone(env: Env):
 
 
 def test_deleted_document_is_not_current(env: Env):
+    # A person's note on the slide's document: it is no longer untouched AI output, so the new
+    # document below does not supersede it (see plugin/girder_lnassist/supersede.py).
+    current = env.admin.get(f"lnassist/item/{env.hidden['_id']}/summary")["annotation"]["id"]
+    env.admin.put(f"annotation/{current}/metadata", json={"note": "checked the capsule"})
     doc = env.admin.post("annotation", parameters={"itemId": env.hidden["_id"]}, json=ln_doc())
     env.admin.delete(f"annotation/{doc['_id']}")
     summary = env.admin.get(f"lnassist/item/{env.hidden['_id']}/summary")
@@ -454,3 +458,71 @@ def test_study_summary_as_csv(env: Env):
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert [row["name"] for row in rows] == ["case-a.tiff", "case-b.tiff"]
     assert rows[0]["positive"] == "3" and rows[0]["review_state"] == "corrected"
+
+
+# ------------------------------------------------------------------------------------ superseding
+
+
+def new_slide(env: Env, tmp_path: Path) -> dict:
+    path = tmp_path / f"case-{uuid.uuid4().hex[:6]}.tiff"
+    write_pyramid(path, 1000, 800, lambda x0, y0, w, h: np.full((h, w, 3), 230, np.uint8), mpp=MPP,
+                  magnification=20, tile_px=256, workers=1)  # fmt: skip
+    return upload_slide(env.admin, env.study["_id"], path)
+
+
+def active_ids(env: Env, item: dict) -> set[str]:
+    return {a["_id"] for a in env.admin.get("annotation", parameters={"itemId": item["_id"], "limit": 0})}
+
+
+def settled(env: Env, item: dict, expected: set[str], timeout_s: float = 20) -> set[str]:
+    """The item's active annotations once they are ``expected`` (superseding runs asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while (ids := active_ids(env, item)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ids
+
+
+def test_a_new_ai_document_supersedes_only_untouched_ai_documents(env: Env, tmp_path: Path):
+    item = new_slide(env, tmp_path)
+    post = lambda doc: env.admin.post("annotation", parameters={"itemId": item["_id"]}, json=doc)["_id"]
+    first = post(ln_doc())
+    second = post(ln_doc())
+    assert settled(env, item, {second}) == {second}
+    # The superseded document is restorable from its history.
+    history = env.admin.get(f"annotation/{first}/history")
+    assert history and history[0]["annotation"]["attributes"][dsa.ATTR_DOCUMENT] == dsa.DOCUMENT_LN
+    # What a person touched stays: a reviewed AI document, an edited one, their own outlines, and
+    # the detector's outlines (annotators' material) are never superseded.
+    reviewed = post(ln_doc())
+    env.path.put(f"lnassist/annotation/{reviewed}/review", parameters={"state": "accepted"})
+    edited = post(ln_doc())
+    record = env.admin.get(f"annotation/{edited}")
+    record["annotation"]["elements"][0]["group"] = dsa.GROUP_NEGATIVE
+    env.admin.put(f"annotation/{edited}", json=record["annotation"])
+    heatmap = post(annotations.heatmap_document([], provenance()))
+    contours = post(annotations.contour_document([SQUARE + (100, 100)], MPP, provenance()))
+    own = post({"name": "my outlines", "elements": [ln_doc()["elements"][0]]})
+    before = {doc_id: env.admin.get(f"annotation/{doc_id}") for doc_id in (reviewed, edited, own, contours)}
+    new = post(ln_doc())
+    expected = {reviewed, edited, own, contours, heatmap, new}
+    assert settled(env, item, expected) == expected
+    for doc_id, kept in before.items():
+        assert env.admin.get(f"annotation/{doc_id}") == kept  # byte for byte, same _version
+    # A new heatmap replaces the old one; the LN documents are another kind and stay.
+    new_heatmap = post(annotations.heatmap_document([], provenance()))
+    expected = expected - {heatmap} | {new_heatmap}
+    assert settled(env, item, expected) == expected
+
+
+def test_racing_ai_documents_leave_exactly_the_newest(env: Env, tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    item = new_slide(env, tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(
+            lambda _: env.admin.post("annotation", parameters={"itemId": item["_id"]}, json=ln_doc())["_id"],
+            range(4),
+        ))  # fmt: skip
+    records = [env.admin.get(f"annotation/{doc_id}") for doc_id in ids]
+    newest = max(records, key=lambda r: (r["created"], r["_id"]))["_id"]
+    assert settled(env, item, {newest}) == {newest}

@@ -19,8 +19,10 @@ separate environments: it holds our Girder plugin (``plugin/``, editable, so Gir
 start) and lnassist's torch-free contract modules (the package installed editable with ``--no-deps``:
 no torch, no models). Everything is under
 ``$LNASSIST_DSA_DIR`` (default ``/var/tmp/lnassist-dsa``): ``venv/``, ``assetstore/``, ``logs/``,
-``state.json`` and ``admin.json`` (the admin login, mode 0600; never printed). The database is
-in memory: a restarted stack is a fresh, empty Girder. Needs root the first time (apt-get for
+``database/`` (secantusdb's storage: on disk, as in a deployment, so stopping and starting the stack
+or restarting Girder alone loses nothing), ``state.json`` and ``admin.json`` (the admin login, mode
+0600; never printed). Girder imports the plugin once, at start: ``up`` restarts a running Girder
+whose plugin or lnassist code changed since. Needs root the first time (apt-get for
 redis-server, dockerd). Uses only the standard library, so any Python 3.11 runs it.
 """
 
@@ -48,6 +50,8 @@ STATE_DIR = Path(os.environ.get("LNASSIST_DSA_DIR", "/var/tmp/lnassist-dsa"))
 VENV = STATE_DIR / "venv"
 LOGS = STATE_DIR / "logs"
 STATE_FILE = STATE_DIR / "state.json"
+# The database lives on disk, as in a deployment: stopping the stack or restarting Girder loses nothing.
+DATABASE_DIR = STATE_DIR / "database"
 ADMIN_FILE = STATE_DIR / "admin.json"
 DOCKER_ENV = REPO / "tools" / "docker_env.sh"
 
@@ -265,7 +269,7 @@ def up() -> dict:
             "--port",
             str(state["database_port"]),
             "--storage-path",
-            ":memory:",
+            str(DATABASE_DIR),
         ]
         start("database", command, env, state)
         wait_for("database", lambda: port_open(state["database_port"]), state)
@@ -284,6 +288,8 @@ def up() -> dict:
         start("redis", command, env, state)
         wait_for("redis", lambda: port_open(state["redis_port"]), state)
     state["api_url"] = f"http://127.0.0.1:{state['girder_port']}/api/v1"
+    if alive(state, "girder") and state.get("girder_code") != code_stamp():
+        stop("girder", state)  # Girder imports the plugin once, at start: a running one serves old code
     if not alive(state, "girder"):
         database = f"mongodb://127.0.0.1:{state['database_port']}/girder"
         command = [
@@ -296,6 +302,7 @@ def up() -> dict:
             "--port",
             str(state["girder_port"]),
         ]
+        state["girder_code"] = code_stamp()
         start("girder", command, env, state)
         wait_for("girder", lambda: api_answers(state["api_url"]), state)
     write_state(state)
@@ -309,22 +316,35 @@ def up() -> dict:
     return public_state(state)
 
 
+def stop(name: str, state: dict, quiet: bool = False) -> None:
+    """Stop one service of ours (TERM, then KILL after 10 s); nothing if it is not running."""
+    if not alive(state, name):
+        return
+    pid = state[f"{name}_pid"]
+    if not quiet:
+        log(f"stopping {name} (pid {pid})")
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(40):
+        if not alive(state, name):
+            return
+        time.sleep(0.25)
+    os.killpg(pid, signal.SIGKILL)
+
+
 def down(quiet: bool = False) -> None:
     state = read_state()
     for name in reversed(SERVICES):
-        if not alive(state, name):
-            continue
-        pid = state[f"{name}_pid"]
-        if not quiet:
-            log(f"stopping {name} (pid {pid})")
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(40):
-            if not alive(state, name):
-                break
-            time.sleep(0.25)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        stop(name, state, quiet)
     STATE_FILE.unlink(missing_ok=True)
+
+
+def code_stamp() -> str:
+    """sha256 of the Python code Girder loads from this checkout (the plugin and lnassist's modules,
+    both editable installs), recorded when Girder starts."""
+    digest = hashlib.sha256()
+    for path in sorted([*(PLUGIN / "girder_lnassist").rglob("*.py"), *(REPO / "lnassist").glob("*.py")]):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def public_state(state: dict) -> dict:
@@ -389,7 +409,7 @@ def provision(state: dict) -> None:
     credentials = (admin["login"], admin["password"])
     try:
         token = request(api, "GET", "user/authentication", auth=credentials)["authToken"]["token"]
-    except StackError:  # a fresh (in-memory) database: no users yet, and the first one is admin
+    except StackError:  # a new database: no users yet, and the first one is admin
         user = {
             "login": admin["login"],
             "password": admin["password"],

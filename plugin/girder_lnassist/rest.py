@@ -22,9 +22,9 @@ from girder.models.item import Item
 from girder_large_image.models.image_item import ImageItem
 from girder_large_image_annotation.models.annotation import Annotation
 
-from lnassist import dsa
+from lnassist import constants, dsa
 
-from . import documents, queries, review, settings, store
+from . import documents, launch, queries, review, settings, store
 
 CSV_COLUMNS = (
     "item_id",
@@ -171,6 +171,7 @@ class LnassistResource(Resource):
         super().__init__()
         self.resourceName = "lnassist"
         self.route("GET", ("settings",), self.get_settings)
+        self.route("POST", ("item", ":id", "analyze"), self.analyze)
         self.route("GET", ("item", ":id", "summary"), self.item_summary)
         self.route("GET", ("folder", ":id", "summary"), self.folder_summary)
         self.route("PUT", ("annotation", ":id", "review"), self.review)
@@ -189,6 +190,37 @@ class LnassistResource(Resource):
     )
     def get_settings(self) -> dict[str, Any]:
         return settings.current()
+
+    @access.user(scope=TokenScope.DATA_WRITE)
+    @autoDescribeRoute(
+        Description('"Run LN analysis" on a slide: starts the registered LNAnalysis CLI as you.')
+        .notes(
+            "Runs the LNAnalysis CLI of the image in lnassist.analysis_image through slicer_cli_web, "
+            "as a click in HistomicsUI's Analyses menu would: outputs into the slide's folder, the "
+            "LN and heatmap annotations and the item metadata ingested when the job ends. Once the new "
+            "documents exist, the slide's earlier AI documents that nobody reviewed or edited are "
+            "removed (restorable from annotation history); reviewed and hand-made documents are never "
+            "touched. Returns the job (follow it with GET /job/{id})."
+        )
+        .modelParam("id", "The slide (a large-image item).", model=Item, level=AccessType.WRITE)
+        .param("mode", "screening (high sensitivity) or general; default: lnassist.default_mode.",
+               required=False, enum=list(constants.MODES))
+        .param("threshold", "A custom threshold in [0, 1] (default: the mode's, lnassist.thresholds).",
+               required=False, dataType="number")
+        .errorResponse("ID was invalid; the item is not a large image; a bad mode or threshold; no "
+                       "lnassist image is registered or configured.", 400)
+        .errorResponse("You are not logged in.", 401)
+        .errorResponse("Write access was denied on the slide.", 403)
+    )
+    def analyze(self, item: dict[str, Any], mode: str | None, threshold: float | None) -> dict[str, Any]:
+        user = self.getCurrentUser()
+        current = settings.current()
+        mode = mode or current[settings.DEFAULT_MODE]
+        if threshold is None:
+            threshold = current[settings.THRESHOLDS][mode]
+        params = launch.job_parameters(item, mode, threshold, datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+        cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
+        return launch.launch(cli, params, user)
 
     @access.user(scope=TokenScope.DATA_READ)
     @autoDescribeRoute(

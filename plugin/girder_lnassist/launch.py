@@ -1,0 +1,89 @@
+"""Starting "Run LN analysis" on a slide from the server, as a click in HistomicsUI would.
+
+The registered LNAnalysis Slicer CLI of the configured image runs through slicer_cli_web's own
+handler as the requesting user, with a job-scoped token slicer_cli_web creates: outputs go into the
+slide's folder and HistomicsUI ingests the annotations and the item metadata exactly as after a
+click in the Analyses menu. Nothing heavy runs here: the analysis is a job in the Docker image.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from girder.exceptions import RestException
+
+from lnassist import constants
+
+ANALYSIS_CLI = "LNAnalysis"
+# Output parameter -> file extension; named after the slide and the time of the run.
+OUTPUTS = {
+    "outputAnnotationFile": "anot",
+    "outputHeatmapAnnotationFile": "anot",
+    "outputHeatmapImage": "tiff",
+    "outputItemMetadata": "json",
+}
+WHOLE_SLIDE = json.dumps([-1, -1, -1, -1])
+
+
+def analysis_cli(image: str, user: dict[str, Any]) -> Any:
+    """The LNAnalysis CLI of ``image`` that ``user`` can see, or a 400 saying what an admin must do."""
+    from slicer_cli_web.models import CLIItem
+
+    if not image:
+        raise RestException(
+            "no lnassist image is configured: an admin registers the image (PUT /slicer_cli_web/"
+            "docker_image) and sets lnassist.analysis_image", 400
+        )
+    for cli in CLIItem.findAllItems(user):
+        if cli.image == image and cli.name == ANALYSIS_CLI:
+            return cli
+    raise RestException(
+        f"no {ANALYSIS_CLI} CLI of image {image!r} is registered (PUT /slicer_cli_web/docker_image)", 400
+    )
+
+
+def check_slide(item: dict[str, Any]) -> str:
+    """The id of the item's large-image file; a 400 when the item is not (yet) a large image."""
+    large_image = item.get("largeImage") or {}
+    if not large_image.get("fileId") or large_image.get("expected"):
+        raise RestException(f"item {item['_id']} ({item.get('name')!r}) is not a large image", 400)
+    return str(large_image["fileId"])
+
+
+def job_parameters(item: dict[str, Any], mode: str, threshold: float | None, stamp: str) -> dict[str, Any]:
+    """The REST form slicer_cli_web's handler takes: the slide, the run's options, every output named
+    ``<slide>-lnassist-<stamp>-<output>.<ext>`` in the slide's folder; the Girder parameters empty (the
+    handler fills in the API URL and the job's token)."""
+    if mode not in constants.MODES:
+        raise RestException(f"mode must be one of {', '.join(constants.MODES)}, got {mode!r}", 400)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise RestException(f"threshold must be in [0, 1], got {threshold}", 400)
+    params: dict[str, Any] = {
+        "inputImageFile": check_slide(item),
+        "mode": mode,
+        "threshold": -1 if threshold is None else threshold,
+        "analysisRegion": WHOLE_SLIDE,
+        "mpp": -1,
+        "detector": "",
+        "classifier": "",
+        "device": "auto",
+        "threads": 0,
+        "girderApiUrl": "",
+        "girderToken": "",
+    }
+    stem = item["name"].rsplit(".", 1)[0]
+    for name, extension in OUTPUTS.items():
+        params[name] = f"{stem}-lnassist-{stamp}-{name}.{extension}"
+        params[f"{name}_folder"] = str(item["folderId"])
+    return params
+
+
+def launch(cli: Any, params: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """Schedule the CLI job as ``user`` (slicer_cli_web's handler, as its REST route does)."""
+    from girder.models.token import Token
+    from slicer_cli_web.rest_slicer_cli import genHandlerToRunDockerCLI
+
+    handler = genHandlerToRunDockerCLI(cli)
+    token = Token().createToken(user=user)
+    return handler.subHandler(cli, params, user, token).job
