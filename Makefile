@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slow lint bench venv clean
+.PHONY: demo demo-stop test test-fast test-slow lint bench venv clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lnassist demo --out demo-output
+	$(BIN)/python tools/dsa_demo.py
+
+demo-stop:
+	$(PY) tools/dsa_stack.py down
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -8,6 +8,9 @@ the Girder server imports it.
 
 from __future__ import annotations
 
+# The Slicer CLIs lnassist registers (the names in cli/slicer_cli_list.json).
+CLI_NAMES = ("LNAnalysis", "LNDetect", "LNClassify")
+
 # Annotation document names (HistomicsUI lists documents by name; lnassist never finds its own
 # documents by name: their attributes say what made them).
 DOC_LN = "LN metastasis"
@@ -71,9 +74,6 @@ def rgba(colour: tuple[int, int, int], alpha: float) -> str:
     # Fixed decimals: large_image's schema pattern rejects exponents such as 1e-05.
     return "rgba({},{},{},{:.2f})".format(*colour, alpha)
 
-
-# The job that made a document, when the run was started through the plugin (absent otherwise).
-ATTR_JOB = "job_id"
 
 # The pathologist's review of an LN document (written only by the Girder plugin's review endpoint;
 # the plugin undoes any other change to it). In the document's ``attributes`` under ATTR_REVIEW, and

@@ -337,3 +337,9 @@ def test_the_dsa_names_import_nothing_heavy() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_the_cli_names_are_the_registered_clis() -> None:
+    clis = json.loads((Path(__file__).resolve().parent.parent / "cli" / "slicer_cli_list.json").read_text())
+    assert set(dsa.CLI_NAMES) == set(clis)
+

@@ -547,6 +547,18 @@ def test_plugin_runs_the_analysis_and_a_rerun_supersedes_the_untouched_one(
         lambda: (s := dsa.gc.get(f"lnassist/item/{item['_id']}/summary"))["analysed"] and s, "LN document"
     )
     assert summary["counts"]["total"] == len(gt["nodes"]) and summary["mode"] == "screening"
+    assert summary["job_id"] == job["_id"]
+    # The run's heatmap image (a large image in the slide's folder) is marked as its output, so the
+    # study table counts slides only.
+    images = [i for i in dsa.gc.listItem(dsa.folder_id) if i["name"].endswith("outputHeatmapImage.tiff")]
+    assert images
+    wait_until(
+        lambda: all(dsa.gc.get(f"item/{i['_id']}").get("meta", {}).get("lnassist_output_of") for i in images),
+        "heatmap images marked as outputs",
+    )
+    rows = dsa.gc.get(f"lnassist/folder/{dsa.folder_id}/summary", parameters={"limit": 0})["rows"]
+    assert item["_id"] in {row["item_id"] for row in rows}
+    assert not any(row["name"].endswith("outputHeatmapImage.tiff") for row in rows)
     (first_ln,) = lnassist_documents(dsa, item, DOCUMENT_LN)
     (first_heat,) = wait_until(lambda: lnassist_documents(dsa, item, DOCUMENT_HEATMAP), "heatmap document")
 

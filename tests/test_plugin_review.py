@@ -197,6 +197,10 @@ def env(tmp_path_factory) -> Env:
 
 
 def test_settings_admin_only_validated_and_round_trip(env: Env):
+    # The database outlives test runs (and other modules set the image): start from unset settings.
+    keys = ("default_mode", "thresholds", "analysis_image", "models_folder")
+    unset = [{"key": f"lnassist.{key}", "value": None} for key in keys]
+    env.admin.put("system/setting", parameters={"list": json.dumps(unset)})
     defaults = env.admin.get("lnassist/settings")
     assert defaults == {
         "lnassist.default_mode": "general",

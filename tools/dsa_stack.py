@@ -6,7 +6,9 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
                                        provision an admin user, an assetstore and the worker
                                        settings; print the state (API URL, ports; no secrets) as JSON
     python tools/dsa_stack.py status   print the state; exit 1 when a service does not answer
-    python tools/dsa_stack.py down     stop the services (the venv and logs stay)
+    python tools/dsa_stack.py down     stop the services (the venv, the database and logs stay)
+    python tools/dsa_stack.py restart-girder
+                                       stop Girder alone and start it again on the same database
     python tools/dsa_stack.py web      build Girder's web client with HistomicsUI and our plugin's
                                        client (node 20 + npm; about 3 min, again only when the venv
                                        or the plugin's client changes) so that a browser can show
@@ -515,6 +517,11 @@ def main(argv: list[str]) -> int:
             return 0 if all(state["services"].values()) and api_answers(state["api_url"] or "") else 1
         elif command == "down":
             down()
+        elif command == "restart-girder":
+            # What an admin does to a running deployment (an upgrade, a crash): Girder alone goes down
+            # and comes back on the same database; the worker and its running containers go on.
+            stop("girder", read_state())
+            print(json.dumps(up(), indent=2))
         elif command == "web":
             LOGS.mkdir(parents=True, exist_ok=True)
             # A running Girder serves the new client only after a restart (down, up).

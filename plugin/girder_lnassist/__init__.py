@@ -9,7 +9,8 @@ Modules: ``settings`` (keys, defaults, validators), ``documents`` (pure logic ov
 current document, LN rows, changes, counts), ``review`` (pure review rules and record), ``store``
 (the plugin's review record and the save guards), ``queries`` (database reads), ``launch``
 ("Run LN analysis" through slicer_cli_web), ``supersede`` (a new AI run replaces the earlier untouched
-AI documents), ``rest`` (the ``/lnassist`` resource).
+AI documents), ``job_outputs`` (a job's uploaded files marked as outputs, not slides), ``rest`` (the
+``/lnassist`` resource).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ class LnassistPlugin(GirderPlugin):
         from girder import events
         from girder.utility.model_importer import ModelImporter
 
-        from . import rest, settings, store, supersede  # noqa: F401  (settings registers its validators)
+        from . import job_outputs, rest, settings, store, supersede  # noqa: F401  (settings: validators)
 
         ModelImporter.registerModel("lnassist_review", store.ReviewRecord, "lnassist")
         events.bind("model.annotation.save", "lnassist", store.guard_annotation_save)
         events.bind("model.item.save", "lnassist", store.guard_item_save)
         supersede.bind()
+        job_outputs.bind()
         info["apiRoot"].lnassist = rest.LnassistResource()

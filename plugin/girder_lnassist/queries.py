@@ -11,10 +11,12 @@ pointing at the live document); elements live in ``annotationelement``, one row 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import PurePosixPath
 from typing import Any
 
 from bson import ObjectId
 from girder.models.folder import Folder
+from girder_jobs.models.job import Job
 from girder_large_image_annotation.models.annotation import Annotation
 from girder_large_image_annotation.models.annotationelement import Annotationelement
 
@@ -31,7 +33,6 @@ _DOC_FIELDS = {
     "_active": True,
     f"annotation.attributes.{dsa.ATTR_DOCUMENT}": True,
     f"annotation.attributes.{dsa.ATTR_MODELS}": True,
-    f"annotation.attributes.{dsa.ATTR_JOB}": True,
 }
 
 
@@ -121,3 +122,20 @@ def readable_folders(folder: dict[str, Any], user: dict[str, Any] | None, recurs
             ids.append(child["_id"])
             queue.append(child)
     return ids
+
+
+def job_id_of(attributes: dict[str, Any], item: dict[str, Any]) -> str | None:
+    """The job that made an LN document on ``item``: slicer_cli_web keeps each job's form
+    (``_original_params``), whose ``outputAnnotationFile`` is the file name the CLI wrote the document
+    to (the document records the path it was given); the plugin names each run's outputs uniquely.
+    None for documents no job made."""
+    path = (attributes.get(dsa.ATTR_PARAMETERS) or {}).get("outputAnnotationFile")
+    file_id = (item.get("largeImage") or {}).get("fileId")
+    if not isinstance(path, str) or not path or file_id is None:
+        return None
+    query = {
+        "_original_params.outputAnnotationFile": PurePosixPath(path).name,
+        "_original_params.inputImageFile": str(file_id),
+    }
+    job = Job().findOne(query, fields=["_id"], sort=[("created", -1)])
+    return str(job["_id"]) if job else None

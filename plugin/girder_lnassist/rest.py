@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from girder_large_image_annotation.models.annotation import Annotation
 
 from lnassist import constants, dsa
 
-from . import documents, launch, queries, review, settings, store
+from . import documents, job_outputs, launch, queries, review, settings, store
 
 CSV_COLUMNS = (
     "item_id",
@@ -87,7 +88,7 @@ def slide_summary(item: dict[str, Any], annotation_id: Any = None) -> dict[str, 
             "original_version": original["_version"] if original else None,
             "created": annotation["created"].isoformat(),
         },
-        "job_id": attributes.get(dsa.ATTR_JOB),
+        "job_id": queries.job_id_of(attributes, item),
         "models": attributes.get(dsa.ATTR_MODELS) or [],
         "model": documents.model_of(attributes),
         "mode": attributes.get(dsa.ATTR_MODE),
@@ -109,7 +110,11 @@ def folder_rows(folder: dict[str, Any], user: dict[str, Any], recursive: bool) -
     order = {fid: index for index, fid in enumerate(folder_ids)}
     items = list(
         Item().collection.find(
-            {"folderId": {"$in": folder_ids}, "largeImage.fileId": {"$exists": True}},
+            {
+                "folderId": {"$in": folder_ids},
+                "largeImage.fileId": {"$exists": True},
+                f"meta.{job_outputs.OUTPUT_OF}": {"$exists": False},  # a job's heatmap image: no slide
+            },
             projection={"_id": True, "name": True, "lowerName": True, "folderId": True},
         )
     )
@@ -218,7 +223,9 @@ class LnassistResource(Resource):
         mode = mode or current[settings.DEFAULT_MODE]
         if threshold is None:
             threshold = current[settings.THRESHOLDS][mode]
-        params = launch.job_parameters(item, mode, threshold, datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+        # Unique per run, so each document can be traced to its job (queries.job_id_of).
+        stamp = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        params = launch.job_parameters(item, mode, threshold, stamp)
         cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
         return launch.launch(cli, params, user)
 
