@@ -654,3 +654,30 @@ def refusal(call) -> girder_client.HttpError:
     except girder_client.HttpError as exc:
         return exc
     raise AssertionError("the request was not refused")
+
+
+@docker_test
+def test_girder_restarted_while_a_job_runs(configured: Dsa, slide: tuple[Path, dict]) -> None:
+    """An admin restarts Girder while "Run LN analysis" runs: the job still ends in a clear state
+    (never "running" for good: the plugin ends it from the worker's record when Girder missed its
+    end), and the slide then holds either the run's complete results or nothing of them."""
+    dsa = configured
+    path, gt = slide
+    item = upload_slide(dsa, path)
+    job = analyze(dsa, item, mode="general")
+    wait_until(lambda: dsa.gc.get(f"job/{job['_id']}")["status"] == JOB_RUNNING, "job running", 300)
+    restarted = stack("restart-girder")
+    assert restarted.returncode == 0, tail(restarted.stdout + restarted.stderr)
+    job = wait_for_job(dsa.gc, job["_id"])  # the admin's token survives: the database is on disk
+    assert job["status"] in (JOB_SUCCESS, JOB_ERROR)
+    time.sleep(5)  # any ingest still under way
+    ln_docs = lnassist_documents(dsa, item, DOCUMENT_LN)
+    heat_docs = lnassist_documents(dsa, item, DOCUMENT_HEATMAP)
+    meta = dsa.gc.get(f"item/{item['_id']}").get("meta", {})
+    if job["status"] == JOB_SUCCESS:
+        (ln_doc,) = ln_docs
+        assert len(heat_docs) == 1 and len(ln_doc["annotation"]["elements"]) == len(gt["nodes"])
+        assert meta["lnassist_lns"] == len(gt["nodes"])
+    else:
+        assert "run the analysis again" in job_log(job)
+        assert ln_docs == heat_docs == [] and not any(key.startswith("lnassist_") for key in meta)

@@ -9,7 +9,8 @@ Modules: ``settings`` (keys, defaults, validators), ``documents`` (pure logic ov
 current document, LN rows, changes, counts), ``review`` (pure review rules and record), ``store``
 (the plugin's review record and the save guards), ``queries`` (database reads), ``launch``
 ("Run LN analysis" through slicer_cli_web), ``supersede`` (a new AI run replaces the earlier untouched
-AI documents), ``job_outputs`` (a job's uploaded files marked as outputs, not slides), ``rest`` (the
+AI documents), ``job_outputs`` (a job's uploaded files marked as outputs, not slides),
+``reconcile`` (jobs whose end Girder missed, ended from the worker's record), ``rest`` (the
 ``/lnassist`` resource).
 """
 
@@ -33,11 +34,12 @@ class LnassistPlugin(GirderPlugin):
         from girder import events
         from girder.utility.model_importer import ModelImporter
 
-        from . import job_outputs, rest, settings, store, supersede  # noqa: F401  (settings: validators)
+        from . import job_outputs, reconcile, rest, settings, store, supersede  # noqa: F401 (settings)
 
         ModelImporter.registerModel("lnassist_review", store.ReviewRecord, "lnassist")
         events.bind("model.annotation.save", "lnassist", store.guard_annotation_save)
         events.bind("model.item.save", "lnassist", store.guard_item_save)
         supersede.bind()
         job_outputs.bind()
+        reconcile.start()
         info["apiRoot"].lnassist = rest.LnassistResource()
