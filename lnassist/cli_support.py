@@ -35,7 +35,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from lnassist import outputs
+from lnassist import dsa, outputs
 from lnassist.errors import LnassistError
 
 if TYPE_CHECKING:
@@ -45,15 +45,14 @@ if TYPE_CHECKING:
 # Filled in by slicer_cli_web for the job; secret (the token) or deployment-specific: never recorded.
 GIRDER_PARAMETERS = ("girderApiUrl", "girderToken")
 
-# The heatmap document's image element names this output; slicer_cli_web's ingest swaps the name
-# for the id of the item the image was uploaded as.
-HEATMAP_IMAGE_OUTPUT = "outputHeatmapImage"
-# The analysis CLIs' output parameters and the output each one holds.
+# The analysis CLIs' output parameters and the output each one holds. The heatmap document's image
+# element names the image's parameter; slicer_cli_web's ingest swaps the name for the id of the item
+# the image was uploaded as.
 ANALYSIS_OUTPUTS = {
-    "outputAnnotationFile": outputs.ANNOTATION,
-    "outputHeatmapAnnotationFile": outputs.HEATMAP,
-    HEATMAP_IMAGE_OUTPUT: outputs.HEATMAP_IMAGE,
-    "outputItemMetadata": outputs.METADATA,
+    dsa.OUTPUT_ANNOTATION: outputs.ANNOTATION,
+    dsa.OUTPUT_HEATMAP_ANNOTATION: outputs.HEATMAP,
+    dsa.OUTPUT_HEATMAP_IMAGE: outputs.HEATMAP_IMAGE,
+    dsa.OUTPUT_ITEM_METADATA: outputs.METADATA,
 }
 
 
@@ -110,16 +109,17 @@ def analysis_outputs(args: argparse.Namespace) -> dict[str, str]:
     except outputs.OutputError as exc:
         # The one rule a CLI request can break: say it in the CLI's own flags.
         raise CliInputError(
-            f"--{HEATMAP_IMAGE_OUTPUT} needs --outputHeatmapAnnotationFile: the heatmap annotation is "
-            "what places the image on the slide"
+            f"--{dsa.OUTPUT_HEATMAP_IMAGE} needs --{dsa.OUTPUT_HEATMAP_ANNOTATION}: the heatmap "
+            "annotation is what places the image on the slide"
         ) from exc
     return kinds
 
 
 def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
     """The pipeline configuration from the shared parameters; absent ones keep the library's defaults."""
+    from lnassist.constants import WHOLE_SLIDE
     from lnassist.devices import resolve_device
-    from lnassist.pipeline import WHOLE_SLIDE, AnalysisConfig
+    from lnassist.pipeline import AnalysisConfig
 
     threshold = getattr(args, "threshold", -1.0)
     mpp = getattr(args, "mpp", -1.0)
@@ -302,7 +302,7 @@ def write_analysis(
         paths,
         analysis.provenance(cli_name, parameters),
         contours_from=contours_from,
-        image_reference=HEATMAP_IMAGE_OUTPUT,
+        image_reference=dsa.OUTPUT_HEATMAP_IMAGE,
         slide=slide,
         overwrite=True,
     )

@@ -9,7 +9,15 @@ the Girder server imports it.
 from __future__ import annotations
 
 # The Slicer CLIs lnassist registers (the names in cli/slicer_cli_list.json).
-CLI_NAMES = ("LNAnalysis", "LNDetect", "LNClassify")
+CLI_ANALYSIS = "LNAnalysis"
+CLI_DETECT = "LNDetect"
+CLI_CLASSIFY = "LNClassify"
+CLI_NAMES = (CLI_ANALYSIS, CLI_DETECT, CLI_CLASSIFY)
+# Their output parameters (cli/*/*.xml): the server names, uploads and ingests the outputs by these.
+OUTPUT_ANNOTATION = "outputAnnotationFile"
+OUTPUT_HEATMAP_ANNOTATION = "outputHeatmapAnnotationFile"
+OUTPUT_HEATMAP_IMAGE = "outputHeatmapImage"
+OUTPUT_ITEM_METADATA = "outputItemMetadata"
 
 # Annotation document names (HistomicsUI lists documents by name; lnassist never finds its own
 # documents by name: their attributes say what made them).

@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from lnassist.constants import DEFAULT_MODE, MODES, THRESHOLDS
+from lnassist.constants import DEFAULT_MODE, MODES, THRESHOLDS, WHOLE_SLIDE
 from lnassist.errors import LnassistError
 from lnassist.results import Analysis, Detection, LNResult, ModelRef
-
-WHOLE_SLIDE = (-1.0, -1.0, -1.0, -1.0)  # the Slicer CLI convention for "no region"
 
 Progress = Callable[[str, float, str], None]  # (stage, fraction done in [0, 1], message)
 

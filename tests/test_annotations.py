@@ -342,4 +342,12 @@ def test_the_dsa_names_import_nothing_heavy() -> None:
 def test_the_cli_names_are_the_registered_clis() -> None:
     clis = json.loads((Path(__file__).resolve().parent.parent / "cli" / "slicer_cli_list.json").read_text())
     assert set(dsa.CLI_NAMES) == set(clis)
+    # The output parameters the server launches and traces runs by are the CLIs' own.
+    import xml.etree.ElementTree as ET
+
+    xml = Path(__file__).resolve().parent.parent / "cli" / dsa.CLI_ANALYSIS / f"{dsa.CLI_ANALYSIS}.xml"
+    names = {element.text for element in ET.parse(xml).iter("name")}
+    outputs = {dsa.OUTPUT_ANNOTATION, dsa.OUTPUT_HEATMAP_ANNOTATION, dsa.OUTPUT_HEATMAP_IMAGE,
+               dsa.OUTPUT_ITEM_METADATA}  # fmt: skip
+    assert outputs <= names
 

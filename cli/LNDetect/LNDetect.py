@@ -17,11 +17,12 @@ STAGES = (
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
     from lnassist.annotations import contour_document, validate_document
+    from lnassist.dsa import OUTPUT_ANNOTATION
     from lnassist.outputs import write_documents
     from lnassist.pipeline import detect
     from lnassist.slide import open_slide
 
-    path = requested_outputs(args, ("outputAnnotationFile",))["outputAnnotationFile"]
+    path = requested_outputs(args, (OUTPUT_ANNOTATION,))[OUTPUT_ANNOTATION]
     cfg = analysis_config(args)
     progress = SlicerProgress(STAGES)
     progress("detect", 0.0, f"opening {args.inputImageFile} and loading the detector")

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from lnassist.commands.args import device, positive_int, set_threads
-from lnassist.constants import DEFAULT_MODE, MODES, THRESHOLDS
+from lnassist.constants import DEFAULT_MODE, MODES, THRESHOLDS, WHOLE_SLIDE
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def run_analyze(args: argparse.Namespace) -> int:
     from lnassist.fileio import refuse_existing
     from lnassist.outputs import local_paths, write_analysis
-    from lnassist.pipeline import WHOLE_SLIDE, AnalysisConfig, analyze, parse_region
+    from lnassist.pipeline import AnalysisConfig, analyze, parse_region
     from lnassist.slide import open_slide
 
     paths = local_paths(args.out)

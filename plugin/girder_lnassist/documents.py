@@ -15,9 +15,13 @@ from lnassist import dsa
 LN_GROUPS = {dsa.GROUP_POSITIVE: "positive", dsa.GROUP_NEGATIVE: "negative"}
 
 
+def attributes_of(annotation: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An annotation record's ``annotation.attributes`` (empty when it has none)."""
+    return (annotation.get("annotation") or {}).get("attributes") or {}
+
+
 def is_ln_document(annotation: Mapping[str, Any]) -> bool:
-    attributes = (annotation.get("annotation") or {}).get("attributes") or {}
-    return attributes.get(dsa.ATTR_DOCUMENT) == dsa.DOCUMENT_LN
+    return attributes_of(annotation).get(dsa.ATTR_DOCUMENT) == dsa.DOCUMENT_LN
 
 
 def current_document(candidates: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -13,17 +13,15 @@ from typing import Any
 
 from girder.exceptions import RestException
 
-from lnassist import constants
+from lnassist import constants, dsa
 
-ANALYSIS_CLI = "LNAnalysis"
-# Output parameter -> file extension; named after the slide and the time of the run.
+# Output parameter -> file extension; named after the slide and the run.
 OUTPUTS = {
-    "outputAnnotationFile": "anot",
-    "outputHeatmapAnnotationFile": "anot",
-    "outputHeatmapImage": "tiff",
-    "outputItemMetadata": "json",
+    dsa.OUTPUT_ANNOTATION: "anot",
+    dsa.OUTPUT_HEATMAP_ANNOTATION: "anot",
+    dsa.OUTPUT_HEATMAP_IMAGE: "tiff",
+    dsa.OUTPUT_ITEM_METADATA: "json",
 }
-WHOLE_SLIDE = json.dumps([-1, -1, -1, -1])
 
 
 def analysis_cli(image: str, user: dict[str, Any]) -> Any:
@@ -36,10 +34,10 @@ def analysis_cli(image: str, user: dict[str, Any]) -> Any:
             "docker_image) and sets lnassist.analysis_image", 400
         )
     for cli in CLIItem.findAllItems(user):
-        if cli.image == image and cli.name == ANALYSIS_CLI:
+        if cli.image == image and cli.name == dsa.CLI_ANALYSIS:
             return cli
     raise RestException(
-        f"no {ANALYSIS_CLI} CLI of image {image!r} is registered (PUT /slicer_cli_web/docker_image)", 400
+        f"no {dsa.CLI_ANALYSIS} CLI of image {image!r} is registered (PUT /slicer_cli_web/docker_image)", 400
     )
 
 
@@ -63,7 +61,7 @@ def job_parameters(item: dict[str, Any], mode: str, threshold: float | None, sta
         "inputImageFile": check_slide(item),
         "mode": mode,
         "threshold": -1 if threshold is None else threshold,
-        "analysisRegion": WHOLE_SLIDE,
+        "analysisRegion": json.dumps(list(constants.WHOLE_SLIDE)),
         "mpp": -1,
         "detector": "",
         "classifier": "",

@@ -129,12 +129,12 @@ def job_id_of(attributes: dict[str, Any], item: dict[str, Any]) -> str | None:
     (``_original_params``), whose ``outputAnnotationFile`` is the file name the CLI wrote the document
     to (the document records the path it was given); the plugin names each run's outputs uniquely.
     None for documents no job made."""
-    path = (attributes.get(dsa.ATTR_PARAMETERS) or {}).get("outputAnnotationFile")
+    path = (attributes.get(dsa.ATTR_PARAMETERS) or {}).get(dsa.OUTPUT_ANNOTATION)
     file_id = (item.get("largeImage") or {}).get("fileId")
     if not isinstance(path, str) or not path or file_id is None:
         return None
     query = {
-        "_original_params.outputAnnotationFile": PurePosixPath(path).name,
+        f"_original_params.{dsa.OUTPUT_ANNOTATION}": PurePosixPath(path).name,
         "_original_params.inputImageFile": str(file_id),
     }
     job = Job().findOne(query, fields=["_id"], sort=[("created", -1)])

@@ -71,7 +71,7 @@ def slide_summary(item: dict[str, Any], annotation_id: Any = None) -> dict[str, 
             "review": review.view(None, None),
             "lns": [],
         }
-    attributes = annotation["annotation"].get("attributes") or {}
+    attributes = documents.attributes_of(annotation)
     original = queries.original_version(annotation)
     original_elements = original["annotation"].get("elements", []) if original else None
     mm_per_px = _mm_per_px(item)
@@ -141,7 +141,7 @@ def folder_rows(folder: dict[str, Any], user: dict[str, Any], recursive: bool) -
             "annotation_version": None,
         }
         if doc is not None:
-            model = documents.model_of(doc["annotation"].get("attributes") or {}) or {}
+            model = documents.model_of(documents.attributes_of(doc)) or {}
             latest = reviews.get(str(doc["_id"]))
             row.update(counts[str(doc["_id"])])
             row.update(

@@ -24,12 +24,14 @@ from girder import events, logger
 
 from lnassist import dsa
 
+from .documents import attributes_of
+
 SUPERSEDED_KINDS = (dsa.DOCUMENT_LN, dsa.DOCUMENT_HEATMAP)  # the detector's outlines are annotators' work
 
 
 def untouched_ai_document(record: dict[str, Any], kind: str) -> bool:
     """Whether an annotation record is lnassist's document of ``kind`` as the AI left it."""
-    attributes = (record.get("annotation") or {}).get("attributes") or {}
+    attributes = attributes_of(record)
     return (
         attributes.get(dsa.ATTR_DOCUMENT) == kind
         and dsa.ATTR_REVIEW not in attributes
@@ -46,7 +48,7 @@ def supersede(created: dict[str, Any]) -> list[Any]:
     """Remove the documents that ``created`` (a new annotation record) supersedes; returns their ids."""
     from girder_large_image_annotation.models.annotation import Annotation
 
-    kind = ((created.get("annotation") or {}).get("attributes") or {}).get(dsa.ATTR_DOCUMENT)
+    kind = attributes_of(created).get(dsa.ATTR_DOCUMENT)
     if kind not in SUPERSEDED_KINDS or not untouched_ai_document(created, kind):
         return []
     query = {
@@ -73,8 +75,7 @@ _DEFERRED = "lnassist.supersede"
 def _on_created(event: events.Event) -> None:
     # The creation event fires inside large_image's (non-reentrant) annotation write lock, before
     # the save has returned: the superseding runs afterwards on Girder's events daemon.
-    kind = ((event.info.get("annotation") or {}).get("attributes") or {}).get(dsa.ATTR_DOCUMENT)
-    if kind in SUPERSEDED_KINDS:
+    if attributes_of(event.info).get(dsa.ATTR_DOCUMENT) in SUPERSEDED_KINDS:
         events.daemon.trigger(_DEFERRED, {"annotationId": event.info["_id"]})
 
 
