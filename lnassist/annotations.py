@@ -37,17 +37,6 @@ class AnnotationError(LnassistError):
     """Inputs that cannot become a valid annotation document, or a document that fails the schema."""
 
 
-def heatmap_colour_stops(threshold: float) -> list[tuple[float, tuple[int, int, int], float]]:
-    """(score, RGB, opacity) stops of the heatmap colour ramp, shared by the griddata and the overlay
-    image: transparent at 0, half-opaque orange at the decision threshold, red at 1. Absolute
-    probabilities, so the colour of a score does not depend on the other scores of the slide."""
-    return [
-        (0.0, dsa.HEATMAP_RGB, 0.0),
-        (float(threshold), dsa.THRESHOLD_RGB, 0.5),
-        (1.0, dsa.HEATMAP_RGB, 0.9),
-    ]
-
-
 def simplify_contour(
     contour_base_px: np.ndarray, *, max_vertices: int = 500, tolerance_base_px: float = 2.0
 ) -> np.ndarray:
@@ -169,24 +158,28 @@ def heatmap_document(
     max_values_per_element: int = MAX_VALUES_PER_ELEMENT,
     max_values_per_document: int = MAX_VALUES_PER_DOCUMENT,
 ) -> dict[str, Any]:
-    """One griddata heatmap per LN with a CAM, plus an ``image`` overlay if ``image_girder_id`` is set.
+    """The LNs' CAMs: the ``image`` overlay alone if ``image_girder_id`` is set, else one griddata
+    heatmap per LN with a CAM. The image has one pixel per CAM cell (never coarsened) and the viewer
+    interpolates it smoothly, whereas HistomicsUI draws griddata as one blob per cell, which shows
+    the cells' lattice at most zooms; griddata is the fallback for runs without the image.
 
     ``image_girder_id`` is a Girder item id or, in a Slicer CLI, the name of the output parameter
     holding the overlay image; the server swaps that name for the uploaded item's id on ingest, so
     validate such a document with ``validate_document(doc, cli_outputs={name})``.
     ``image_transform`` maps image pixels to base pixels (``HeatmapOverlay.transform()``; none: the
     image has the slide's base-level size). Grids larger than the value budgets are coarsened by
-    max-pooling so that no hot spot is averaged away. Colours: :func:`heatmap_colour_stops`.
+    max-pooling so that no hot spot is averaged away. Colours: :func:`lnassist.dsa.heatmap_stops`.
     """
     _, threshold = _check_run(lns, provenance)
     if not 0 <= image_opacity <= 1:
         raise AnnotationError(f"image_opacity must be in [0, 1], got {image_opacity}")
     with_cam = [ln for ln in lns if ln.cam is not None]
-    grids = [_cam_values(ln) for ln in with_cam]
+    gridded = with_cam if image_girder_id is None else []
+    grids = [_cam_values(ln) for ln in gridded]
     budgets = _share_budget([g.size for g in grids], max_values_per_element, max_values_per_document)
-    stops = heatmap_colour_stops(threshold)
+    stops = dsa.heatmap_stops(threshold)
     elements: list[dict[str, Any]] = []
-    for ln, grid, budget in zip(with_cam, grids, budgets, strict=True):
+    for ln, grid, budget in zip(gridded, grids, budgets, strict=True):
         cam = ln.cam
         factor = _pool_factor(grid.shape, budget)
         pooled = _max_pool(grid, factor)

@@ -37,6 +37,12 @@ NEGATIVE_RGB = (22, 163, 74)
 DETECTED_RGB = (37, 99, 235)
 HEATMAP_RGB = (255, 0, 0)
 THRESHOLD_RGB = (255, 165, 0)
+# Heatmap opacity below the threshold, as fractions of the threshold: cells scoring under
+# HEATMAP_CLEAR are transparent (little evidence: a whole node at 0.2-0.35 would otherwise be
+# tinted all over), and cells up to HEATMAP_FAINT only faintly tinted, so that at a glance only
+# suspicious regions are coloured, as in the paper's figures.
+HEATMAP_CLEAR = 0.5
+HEATMAP_FAINT = 0.8
 LINE_WIDTH = 2  # screen pixels
 
 # Every group lnassist writes, with its outline colour (examples/histomicsui_config.yaml lists these).
@@ -72,6 +78,29 @@ ELEMENT_LN_ID = "ln_id"
 ELEMENT_SCORE = "score"
 ELEMENT_POSITIVE = "positive"  # the AI's label
 ELEMENT_AREA_UM2 = "area_um2"
+
+
+def heatmap_stops(threshold: float) -> list[tuple[float, tuple[int, int, int], float]]:
+    """(score, RGB, opacity) stops of the heatmap colour ramp, shared by the heatmap image, the
+    griddata heatmap and the viewer's legend: transparent up to HEATMAP_CLEAR x threshold, faint
+    orange at HEATMAP_FAINT x threshold, half-opaque orange at the decision threshold, red at 1.
+    Absolute probabilities, so the colour of a score does not depend on the other scores of the
+    slide. Scores strictly increase from stop to stop (a threshold of 0 or 1 merges stops)."""
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    stops = [
+        (0.0, THRESHOLD_RGB, 0.0),
+        (HEATMAP_CLEAR * threshold, THRESHOLD_RGB, 0.0),
+        (HEATMAP_FAINT * threshold, THRESHOLD_RGB, 0.1),
+        (float(threshold), THRESHOLD_RGB, 0.5),
+        (1.0, HEATMAP_RGB, 0.9),
+    ]
+    kept: list[tuple[float, tuple[int, int, int], float]] = []
+    for stop in stops:
+        while kept and kept[-1][0] >= stop[0]:
+            kept.pop()  # the later stop at the same score wins
+        kept.append(stop)
+    return kept
 
 
 def rgb(colour: tuple[int, int, int]) -> str:

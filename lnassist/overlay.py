@@ -116,7 +116,7 @@ class HeatmapOverlay:
 
 def heatmap_overlay(lns: Sequence[Any], threshold: float) -> HeatmapOverlay:
     """The CAMs of ``lns`` (:class:`lnassist.results.LNResult`) in the colours of
-    :func:`lnassist.annotations.heatmap_colour_stops`, transparent outside the LNs, one pixel per CAM
+    :func:`lnassist.dsa.heatmap_stops`, transparent outside the LNs, one pixel per CAM
     cell, from the slide's base origin to the far corner of the last LN.
 
     The image starts at base (0, 0), so its transform has no offset: HistomicsUI 1.8's client
@@ -124,8 +124,6 @@ def heatmap_overlay(lns: Sequence[Any], threshold: float) -> HeatmapOverlay:
     here), and without an offset every reading places the image alike. Each pixel takes the
     nearest cell, so an LN's cells may sit up to half a cell off the image's pixel grid.
     Without any CAM: a single transparent pixel."""
-    from lnassist.annotations import heatmap_colour_stops
-
     cams = [ln.cam for ln in lns if ln.cam is not None]
     if not cams:
         return HeatmapOverlay(np.zeros((1, 1, 4), np.uint8), 1.0)
@@ -134,7 +132,7 @@ def heatmap_overlay(lns: Sequence[Any], threshold: float) -> HeatmapOverlay:
     y1 = max(cam.origin_base_px[1] + (cam.values.shape[0] - 0.5) * cam.dy_base_px for cam in cams)
     width, height = math.ceil(x1 / px - 1e-6), math.ceil(y1 / px - 1e-6)
     heat = paint_cams(lns, width, height, (px, px))
-    stops = heatmap_colour_stops(threshold)
+    stops = dsa.heatmap_stops(threshold)
     scores = [value for value, _, _ in stops]
     channels = [[colour[i] for _, colour, _ in stops] for i in range(3)] + [[255 * a for _, _, a in stops]]
     rgba = np.stack([np.interp(heat, scores, channel) for channel in channels], axis=-1)

@@ -146,12 +146,11 @@ def test_empty_result_gives_valid_documents_with_zero_counts() -> None:
     assert heat["attributes"][dsa.ATTR_DOCUMENT] == dsa.DOCUMENT_HEATMAP
 
 
-def test_heatmap_document_with_cams_and_image_overlay_validates() -> None:
-    lns = _lns(with_cam=True)
-    doc = heatmap_document(lns, RUN, image_girder_id="outputHeatmapImage")
-    validate_document(doc, cli_outputs={"outputHeatmapImage"})
+def test_heatmap_document_without_image_has_a_griddata_per_ln() -> None:
+    doc = heatmap_document(_lns(with_cam=True), RUN)
+    validate_document(doc)
     assert doc["display"] == {"visible": True}
-    assert not any(e["type"] == "polyline" for e in doc["elements"])
+    assert not any(e["type"] in ("polyline", "image") for e in doc["elements"])
     grids = [e for e in doc["elements"] if e["type"] == "griddata"]
     assert [g["user"]["ln_id"] for g in grids] == [3, 9]
     grid = grids[0]
@@ -159,14 +158,44 @@ def test_heatmap_document_with_cams_and_image_overlay_validates() -> None:
     assert grid["gridWidth"] == 30 and len(grid["values"]) == 20 * 30
     assert grid["origin"] == [1000.0, 2000.0, 0] and grid["dx"] == 32.0 and grid["dy"] == 32.0
     assert grid["values"][:30] == [0.0] * 30 and grid["values"][30] == 0.1  # NaN row -> 0, row-major
-    # Low scores transparent, high ones red.
-    assert grid["rangeValues"] == [0.0, THRESHOLD, 1.0]
-    assert re.fullmatch(r"rgba\(\d+,\d+,\d+,0\.00\)", grid["colorRange"][0])
+    # Little evidence transparent (up to half the threshold), high scores red.
+    assert grid["rangeValues"] == [0.0, THRESHOLD / 2, THRESHOLD * 0.8, THRESHOLD, 1.0]
+    assert all(re.fullmatch(r"rgba\(\d+,\d+,\d+,0\.00\)", c) for c in grid["colorRange"][:2])
     assert grid["colorRange"][-1].startswith("rgba({},{},{},".format(*HEATMAP_RGB))
-    (image,) = [e for e in doc["elements"] if e["type"] == "image"]
+
+
+def test_heatmap_document_with_image_overlay_holds_the_image_alone() -> None:
+    # The image shows every CAM cell and is drawn smoothly: griddata beside it would add the lattice.
+    lns = _lns(with_cam=True)
+    doc = heatmap_document(lns, RUN, image_girder_id="outputHeatmapImage")
+    validate_document(doc, cli_outputs={"outputHeatmapImage"})
+    (image,) = doc["elements"]
+    assert image["type"] == "image" and image["group"] == GROUP_HEATMAP
     assert image["girderId"] == "outputHeatmapImage" and 0 < image["opacity"] < 1
+    assert doc["attributes"]["counts"] == {"lns": 3, "heatmaps": 2}
     # A real Girder id needs no stand-in.
     validate_document(heatmap_document(lns, RUN, image_girder_id="0123456789abcdef01234567"))
+
+
+def test_heatmap_stops_leave_little_evidence_transparent() -> None:
+    for threshold in (0.15, 0.4):
+        stops = dsa.heatmap_stops(threshold)
+        scores = [s for s, _, _ in stops]
+        alphas = [a for _, _, a in stops]
+        assert scores == sorted(set(scores)) and scores[0] == 0.0 and scores[-1] == 1.0
+        # Transparent below half the threshold, faint below it, half-opaque at it, most opaque at 1.
+        assert np.interp(0.49 * threshold, scores, alphas) == 0.0
+        assert 0 < np.interp(0.9 * threshold, scores, alphas) < 0.5
+        assert np.interp(threshold, scores, alphas) == 0.5 and alphas[-1] == max(alphas)
+    # A node whose cells all score 0.2-0.35 under the general threshold is at most faintly tinted.
+    general = dsa.heatmap_stops(0.4)
+    scores, alphas = [s for s, _, _ in general], [a for _, _, a in general]
+    assert max(np.interp(v, scores, alphas) for v in (0.2, 0.3, 0.35)) < 0.3
+    # Merged stops at the ends of the range stay strictly increasing.
+    assert [s for s, _, _ in dsa.heatmap_stops(0.0)] == [0.0, 1.0]
+    assert [s for s, _, _ in dsa.heatmap_stops(1.0)] == [0.0, 0.5, 0.8, 1.0]
+    with pytest.raises(ValueError, match="threshold"):
+        dsa.heatmap_stops(1.5)
 
 
 def test_heatmap_document_without_cams_is_valid_and_empty() -> None:

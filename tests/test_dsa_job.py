@@ -19,99 +19,35 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import girder_client
 import numpy as np
 import pytest
 from docker_helpers import NAMES, REPO, docker, docker_test, tail
+from dsa_helpers import (
+    JOB_CANCELED,
+    JOB_ERROR,
+    JOB_SUCCESS,
+    JOB_TIMEOUT_S,
+    Dsa,
+    annotations,
+    job_log,
+    refusal,
+    stack,
+    upload_slide,
+    wait_for_job,
+    wait_until,
+)
 
 from lnassist.dsa import ATTR_DOCUMENT, DOCUMENT_HEATMAP, DOCUMENT_LN, GROUP_NEGATIVE, GROUP_POSITIVE
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
-STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
-SHOT = REPO / "tools" / "histomicsui_shot.js"
-JOB_RUNNING, JOB_SUCCESS, JOB_ERROR, JOB_CANCELED = 2, 3, 4, 5
-JOB_TIMEOUT_S = 900
+JOB_RUNNING = 2
 LAYOUT = LayoutConfig(4600, 2600, seed=3, categories=("negative", "itc"))
 LAYOUT_SIZE = (LAYOUT.width_px, LAYOUT.height_px)
 SECOND_LAYOUT = LayoutConfig(4600, 2600, seed=4, categories=("negative",))
-
-
-@dataclass
-class Dsa:
-    gc: girder_client.GirderClient
-    clis: dict[str, str]  # CLI name -> its Girder item id
-    folder_id: str
-    image: str
-    state_dir: str
-
-
-def stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([*STACK, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for_job(gc: girder_client.GirderClient, job_id: str) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = gc.get(f"job/{job_id}")
-        if job["status"] in (JOB_SUCCESS, JOB_ERROR, JOB_CANCELED):
-            return job
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish within {JOB_TIMEOUT_S} s")
-
-
-def job_log(job: dict) -> str:
-    return "".join(job.get("log", []))
-
-
-def wait_until(condition, what: str, timeout_s: float = 60):
-    """The condition's first true value; documents are ingested (and superseded) after a job ends."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
-@pytest.fixture(scope="module")
-def dsa(image: str) -> Dsa:
-    web = stack("web", timeout=1800)  # HistomicsUI's client, for the browser test
-    if web.returncode != 0:
-        pytest.fail(f"tools/dsa_stack.py web failed:\n{tail(web.stdout + web.stderr)}", pytrace=False)
-    was_running = stack("status").returncode == 0
-    if was_running and web.stdout.strip() == "built":
-        stack("down", timeout=120)  # Girder serves a new client only after a restart
-        was_running = False
-    result = stack("up")
-    if result.returncode != 0:
-        pytest.fail(f"tools/dsa_stack.py up failed:\n{tail(result.stdout + result.stderr)}", pytrace=False)
-    try:
-        state = json.loads(result.stdout)
-        admin = json.loads(Path(state["admin_file"]).read_text())
-        gc = girder_client.GirderClient(apiUrl=state["api_url"])
-        gc.authenticate(admin["login"], admin["password"])
-        # The admin's step: register the image; a job loads its CLIs (nothing is pulled: it is local).
-        job = gc.put("slicer_cli_web/docker_image", parameters={"name": json.dumps([image])})
-        job = wait_for_job(gc, job["_id"])
-        assert job["status"] == JOB_SUCCESS, job_log(job)
-        clis = {cli["name"]: cli["_id"] for cli in gc.get("slicer_cli_web/cli") if cli["image"] == image}
-        collection = gc.createCollection(f"lnassist-test-{uuid.uuid4().hex[:8]}", public=False)
-        folder = gc.createFolder(collection["_id"], "slides", parentType="collection")
-        yield Dsa(gc, clis, folder["_id"], image, str(Path(state["admin_file"]).parent))
-    finally:
-        if not was_running:
-            stack("down", timeout=120)
-
-
-def upload_slide(dsa: Dsa, path: Path) -> dict:
-    """Upload a slide; returns its item (a large image: the tiff source opens it on upload)."""
-    file = dsa.gc.uploadFileToFolder(dsa.folder_id, str(path))
-    item = dsa.gc.get(f"item/{file['itemId']}")
-    return {**item, "fileId": file["_id"]}
 
 
 # What HistomicsUI's panel sends for the parameters a test leaves alone.
@@ -158,11 +94,6 @@ def run_analysis(dsa: Dsa, item: dict, mode: str, heatmap_image: bool = True) ->
 def ln_document_record(dsa: Dsa, item: dict) -> dict:
     (record,) = [d for d in annotations(dsa.gc, item["_id"]) if d["annotation"]["name"] == "LN metastasis"]
     return record
-
-
-def annotations(gc: girder_client.GirderClient, item_id: str) -> list[dict]:
-    """Every annotation document on the item, whole (the listing leaves the elements out)."""
-    return [gc.get(f"annotation/{a['_id']}") for a in gc.get("annotation", parameters={"itemId": item_id})]
 
 
 def bbox_of(points: list) -> np.ndarray:
@@ -241,11 +172,11 @@ def test_run_ln_analysis_job_puts_results_on_the_slide(
         and "girderToken" not in ln_doc["attributes"]["parameters"]
     )
 
-    # The heatmaps: a griddata per LN and the full-resolution image, its name resolved to the item
-    # the image output was uploaded as, which Girder serves as a large image.
-    grids = [e for e in heat_doc["elements"] if e["type"] == "griddata"]
-    (image,) = [e for e in heat_doc["elements"] if e["type"] == "image"]
-    assert len(grids) == len(outlines)
+    # The heatmap: the full-resolution image alone (tests/test_histomicsui.py checks how it is
+    # drawn), its name resolved to the item the image output was uploaded as, which Girder serves as
+    # a large image.
+    (image,) = heat_doc["elements"]
+    assert image["type"] == "image" and heat_doc["attributes"]["counts"]["heatmaps"] == len(outlines)
     image_item = dsa.gc.get(f"item/{image['girderId']}")
     assert image_item["name"].endswith("outputHeatmapImage.tiff") and "largeImage" in image_item
     tiles = dsa.gc.get(f"item/{image['girderId']}/tiles")
@@ -418,85 +349,6 @@ def test_a_cancelled_job_is_cancelled_not_failed_and_leaves_nothing(dsa: Dsa, tm
     assert running.returncode == 0 and running.stdout.strip() == ""
 
 
-def screenshot(
-    dsa: Dsa, item_id: str, out: Path, points_base_px: list, bounds: tuple
-) -> tuple[np.ndarray, list]:
-    """HistomicsUI's view of ``bounds`` (base px) of the item as RGB, and the page pixel of each point."""
-    import cv2
-
-    view = ",".join(map(str, bounds))
-    command = ["node", str(SHOT), item_id, str(out), "--wait", "15000", "--bounds", view,
-               "--points", json.dumps(points_base_px), "--hide-panels"]  # fmt: skip
-    env = {**os.environ, "NODE_PATH": str(Path(dsa.state_dir) / "node" / "node_modules")}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    return cv2.imread(str(out))[..., ::-1], report["points"]
-
-
-def set_visible(dsa: Dsa, record: dict, visible: bool) -> None:
-    doc = dsa.gc.get(f"annotation/{record['_id']}")["annotation"]
-    doc["display"] = {"visible": visible}
-    dsa.gc.put(f"annotation/{record['_id']}", data=json.dumps(doc))
-
-
-@docker_test
-def test_histomicsui_draws_the_heatmap_image_on_the_lns(
-    dsa: Dsa, slide: tuple[Path, dict], tmp_path: Path
-) -> None:
-    """In a real browser: the full-resolution heatmap image (alone, as a user would show it) colours
-    each LN's hottest CAM cell and leaves tissue away from the LNs as it was."""
-    import shapely
-
-    path, gt = slide
-    item = upload_slide(dsa, path)
-    job = run_analysis(dsa, item, "screening")
-    assert job["status"] == JOB_SUCCESS, tail(job_log(job))
-    records = annotations(dsa.gc, item["_id"])
-    (heat,) = [r for r in records if r["annotation"]["name"] == "LN metastasis heatmap"]
-    for record in records:
-        set_visible(dsa, record, False)
-    (image,) = [e for e in heat["annotation"]["elements"] if e["type"] == "image"]
-    image = {k: v for k, v in image.items() if k != "id"} | {"opacity": 1.0}
-    only = dsa.gc.post(
-        "annotation",
-        parameters={"itemId": item["_id"]},
-        data=json.dumps({"name": "heatmap image only", "display": {"visible": True}, "elements": [image]}),
-    )
-    # The hottest cell of each LN (its centre, in base px), and tissue-free or tissue points at least
-    # 150 px away from every LN.
-    hot = []
-    for grid in (e for e in heat["annotation"]["elements"] if e["type"] == "griddata"):
-        values = np.asarray(grid["values"], float).reshape(-1, grid["gridWidth"])
-        row, col = np.unravel_index(np.argmax(values), values.shape)
-        if values[row, col] >= 0.15:  # visible: at least half opaque at the screening threshold
-            hot.append([grid["origin"][0] + col * grid["dx"], grid["origin"][1] + row * grid["dy"]])
-    assert hot, "no LN with a visible heatmap"
-    lns = shapely.union_all([shapely.Polygon(n["contour"]).buffer(150) for n in gt["nodes"]])
-    grid_points = [
-        [x, y] for x in range(100, LAYOUT.width_px, 400) for y in range(100, LAYOUT.height_px, 400)
-    ]
-    away = [p for p in grid_points if not lns.contains(shapely.Point(p))]
-    bounds = (0, 0, LAYOUT.width_px, LAYOUT.height_px)
-    shown, points = screenshot(dsa, item["_id"], tmp_path / "shown.png", hot + away, bounds)
-    set_visible(dsa, only, False)
-    hidden, _ = screenshot(dsa, item["_id"], tmp_path / "hidden.png", [], bounds)
-    height, width = shown.shape[:2]
-    on_screen = [(int(x), int(y)) for x, y in points]
-    # Only what the map shows (below the page header; the side panels are hidden).
-    changes = [
-        np.abs(shown[y, x].astype(int) - hidden[y, x].astype(int)).max()
-        if 0 <= x < width and 52 <= y < height
-        else None
-        for x, y in on_screen
-    ]
-    hot_changes = [c for c in changes[: len(hot)] if c is not None]
-    away_changes = [c for c in changes[len(hot) :] if c is not None]
-    assert len(hot_changes) == len(hot) and len(away_changes) > 10
-    assert min(hot_changes) > 40, f"heatmap image not drawn on the LNs: {hot_changes}"
-    assert max(away_changes) <= 12, f"heatmap image drawn away from the LNs: {away_changes}"
-
-
 @docker_test
 def test_a_file_that_is_not_a_slide_fails_the_job_with_the_cli_message(dsa: Dsa, tmp_path: Path) -> None:
     bogus = tmp_path / "not-a-slide.tiff"
@@ -523,13 +375,6 @@ def lnassist_documents(dsa: Dsa, item: dict, kind: str) -> list[dict]:
         d for d in annotations(dsa.gc, item["_id"])
         if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == kind
     ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def configured(dsa: Dsa) -> Dsa:
-    """The admin's setting: which registered image "Run LN analysis" uses."""
-    dsa.gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": dsa.image})
-    return dsa
 
 
 @docker_test
@@ -646,14 +491,6 @@ def test_plugin_analyze_refuses_clearly(configured: Dsa, slide: tuple[Path, dict
     finally:
         dsa.gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": dsa.image})
     assert lnassist_documents(dsa, item, DOCUMENT_LN) == []  # nothing was started
-
-
-def refusal(call) -> girder_client.HttpError:
-    try:
-        call()
-    except girder_client.HttpError as exc:
-        return exc
-    raise AssertionError("the request was not refused")
 
 
 @docker_test

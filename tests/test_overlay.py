@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from lnassist import dsa
 from lnassist.annotations import heatmap_document, validate_document
 from lnassist.dsa import HEATMAP_RGB, THRESHOLD_RGB
 from lnassist.overlay import TIFF_TILE_PX, heatmap_overlay, heatmap_tiff_bytes, paint_cams
@@ -56,10 +57,11 @@ def test_overlay_places_every_cam_cell_at_its_base_position_in_the_ramp_colours(
             elif value == 1.0:
                 assert tuple(pixel) == (*HEATMAP_RGB, 230)
             else:  # linear between the stops around the value
-                lo, hi = (0.0, THRESHOLD) if value < THRESHOLD else (THRESHOLD, 1.0)
-                alpha_lo, alpha_hi = (0.0, 0.5) if value < THRESHOLD else (0.5, 0.9)
-                t = (value - lo) / (hi - lo)
-                assert pixel[3] == pytest.approx(255 * (alpha_lo + t * (alpha_hi - alpha_lo)), abs=1)
+                stops = dsa.heatmap_stops(THRESHOLD)
+                alpha = np.interp(value, [s for s, _, _ in stops], [a for _, _, a in stops])
+                assert pixel[3] == pytest.approx(255 * alpha, abs=1)
+                if value < THRESHOLD / 2:
+                    assert pixel[3] == 0  # little evidence: transparent
     # Pixels that overlap no LN's cells show nothing.
     overlapping = np.zeros_like(covered)
     for cam_ln in lns:

@@ -132,3 +132,21 @@ def test_review_record_attribute_and_metadata():
     assert review.view(entry, 9)["edited_since_review"] is True
     assert review.view(entry, 7)["edited_since_review"] is False
     assert review.view(None, None) == {"state": "unreviewed"}
+
+
+def test_relabel_moves_an_ln_to_the_other_group_in_its_colour() -> None:
+    elements = [
+        {"id": "a" * 24, "type": "polyline", "group": dsa.GROUP_POSITIVE, "lineColor": "rgb(1,2,3)"},
+        {"id": "b" * 24, "type": "polyline", "group": dsa.GROUP_NEGATIVE},
+        {"id": "c" * 24, "type": "polyline", "group": "tumour"},  # a person's own group: not an LN
+    ]
+    documents.relabel(elements, "a" * 24, "negative")
+    assert elements[0]["group"] == dsa.GROUP_NEGATIVE
+    assert elements[0]["lineColor"] == dsa.rgb(dsa.GROUP_RGB[dsa.GROUP_NEGATIVE])
+    assert documents.counts(elements) == {"positive": 0, "negative": 2, "total": 2}
+    with pytest.raises(documents.Unchanged):
+        documents.relabel(elements, "b" * 24, "negative")
+    for element_id, label in (("c" * 24, "positive"), ("d" * 24, "positive"), ("b" * 24, "maybe")):
+        with pytest.raises(KeyError):
+            documents.relabel(elements, element_id, label)
+    assert elements[2]["group"] == "tumour" and elements[1]["group"] == dsa.GROUP_NEGATIVE

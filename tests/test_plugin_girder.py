@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import girder_client
 import pytest
 from docker_helpers import REPO, tail
+from dsa_helpers import stack
 
-STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
 DEPENDENCIES = ("jobs", "slicer_cli_web", "large_image_annotation", "histomicsui")
 # A first start installs the server venv and may set up the Docker engine's base image.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -26,10 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 class Server:
     gc: girder_client.GirderClient
     python: Path  # the server venv's interpreter
-
-
-def stack(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([*STACK, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

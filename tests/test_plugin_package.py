@@ -31,7 +31,7 @@ SERVER_PLUGINS = {
     "girder-slicer-cli-web",
     "histomicsui",
 }
-CLIENT_DEPENDENCIES = {"histomicsui", "large_image", "large_image_annotation", "slicer_cli_web"}
+CLIENT_DEPENDENCIES = {"histomicsui", "jobs", "large_image", "large_image_annotation", "slicer_cli_web"}
 
 
 def dependencies() -> dict[str, Requirement]:

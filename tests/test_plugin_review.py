@@ -23,7 +23,7 @@ import girder_client
 import numpy as np
 import pytest
 import requests
-from test_plugin_girder import stack
+from dsa_helpers import stack
 
 from lnassist import annotations, dsa
 from lnassist.results import LNResult, ModelRef, Provenance
@@ -530,3 +530,93 @@ def test_racing_ai_documents_leave_exactly_the_newest(env: Env, tmp_path: Path):
     records = [env.admin.get(f"annotation/{doc_id}") for doc_id in ids]
     newest = max(records, key=lambda r: (r["created"], r["_id"]))["_id"]
     assert settled(env, item, {newest}) == {newest}
+
+
+# ------------------------------------------------------------------ relabel, the viewer's needs
+
+
+def test_relabel_moves_one_ln_and_keeps_the_ai_original(env: Env, tmp_path: Path):
+    item = new_slide(env, tmp_path)
+    doc = env.admin.post("annotation", parameters={"itemId": item["_id"]}, json=ln_doc())
+    before = env.path.get(f"lnassist/item/{item['_id']}/summary")
+    row = next(r for r in before["lns"] if r["ln_id"] == 1)  # positive
+    url = f"lnassist/annotation/{doc['_id']}/ln/{row['element_id']}/label"
+    assert http_status(env.anonymous.put, url, parameters={"label": "negative"})[0] == 401
+    assert http_status(env.reader.put, url, parameters={"label": "negative"})[0] == 403
+    assert http_status(env.path.put, url, parameters={"label": "maybe"})[0] == 400
+    status, text = http_status(
+        env.path.put,
+        f"lnassist/annotation/{doc['_id']}/ln/{'0' * 24}/label",
+        parameters={"label": "negative"},
+    )
+    assert status == 400 and "no LN outline" in text
+    after = env.path.put(url, parameters={"label": "negative"})
+    assert after["counts"] == {"positive": 1, "negative": 3, "total": 4}
+    moved = next(r for r in after["lns"] if r["element_id"] == row["element_id"])
+    assert moved["label"] == "negative" and moved["ai_label"] == "positive" and moved["changes"] == ["label"]
+    assert after["annotation"]["original_version"] == before["annotation"]["version"]
+    stored = env.admin.get(f"annotation/{doc['_id']}")["annotation"]["elements"]
+    element = next(e for e in stored if e["id"] == row["element_id"])
+    assert element["group"] == dsa.GROUP_NEGATIVE
+    assert element["lineColor"] == dsa.rgb(dsa.GROUP_RGB[dsa.GROUP_NEGATIVE])
+    # The label it already has: no new version.
+    assert (
+        env.path.put(url, parameters={"label": "negative"})["annotation"]["version"]
+        == after["annotation"]["version"]
+    )
+    other = env.admin.post(
+        "annotation", parameters={"itemId": item["_id"]}, json={"name": "mine", "elements": []}
+    )
+    status, text = http_status(
+        env.path.put,
+        f"lnassist/annotation/{other['_id']}/ln/{row['element_id']}/label",
+        parameters={"label": "positive"},
+    )
+    assert status == 400 and "not an lnassist LN document" in text
+
+
+def test_viewer_block_says_who_may_do_what_and_the_folder_mode(env: Env):
+    url = f"lnassist/item/{env.slide['_id']}/summary"
+    previous = env.admin.get("system/setting", parameters={"key": "lnassist.analysis_image"})
+    try:
+        env.admin.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": ""})
+        reader = env.reader.get(url, parameters={"viewer": "true"})["viewer"]
+        assert reader["access"]["write"] is False and reader["access"]["run"] is False
+        assert "write access" in reader["access"]["reason"]
+        path = env.path.get(url, parameters={"viewer": "true"})["viewer"]
+        assert path["access"]["write"] is True and path["access"]["run"] is False
+        assert "no lnassist image is configured" in path["access"]["reason"]
+        env.admin.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": "nosuch:1"})
+        path = env.path.get(url, parameters={"viewer": "true"})["viewer"]
+        assert "no LNAnalysis CLI of image 'nosuch:1'" in path["access"]["reason"]
+        # The folder analysis needs write access and a registered image, too.
+        folder_url = f"lnassist/folder/{env.study['_id']}/analyze"
+        assert http_status(env.anonymous.post, folder_url)[0] == 401
+        assert http_status(env.reader.post, folder_url)[0] == 403
+        status, text = http_status(env.path.post, folder_url)
+        assert status == 400 and "nosuch:1" in text
+    finally:
+        env.admin.put(
+            "system/setting", parameters={"key": "lnassist.analysis_image", "value": previous or ""}
+        )
+    # Names, colours and the legend come from lnassist.dsa (the document's threshold: 0.4).
+    assert path["groups"]["positive"] == {
+        "name": dsa.GROUP_POSITIVE,
+        "lineColor": dsa.rgb(dsa.GROUP_RGB[dsa.GROUP_POSITIVE]),
+    }
+    assert path["legend"]["threshold"] == 0.4
+    assert [s["score"] for s in path["legend"]["stops"]] == [s for s, _, _ in dsa.heatmap_stops(0.4)]
+    assert path["heatmap_annotation_id"] is None  # this slide has no heatmap document
+    # The mode: the nearest folder's lnassist_default_mode, an invalid one skipped, else the setting.
+    hidden_url = f"lnassist/item/{env.hidden['_id']}/summary"
+    default = env.admin.get("system/setting", parameters={"key": "lnassist.default_mode"})
+    other = "general" if default == "screening" else "screening"
+    try:
+        env.admin.put(f"folder/{env.study['_id']}/metadata", json={"lnassist_default_mode": other})
+        env.admin.put(f"folder/{env.secret['_id']}/metadata", json={"lnassist_default_mode": "fast"})
+        assert env.path.get(url, parameters={"viewer": "true"})["viewer"]["default_mode"] == other
+        assert env.path.get(hidden_url, parameters={"viewer": "true"})["viewer"]["default_mode"] == other
+    finally:
+        for folder in (env.study, env.secret):
+            env.admin.put(f"folder/{folder['_id']}/metadata", json={"lnassist_default_mode": None})
+    assert env.path.get(url, parameters={"viewer": "true"})["viewer"]["default_mode"] == default

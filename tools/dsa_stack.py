@@ -14,7 +14,6 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
                                        or the plugin's client changes) so that a browser can show
                                        slides and annotations at http://127.0.0.1:PORT/histomics;
                                        prints "built" (restart the stack: down, up) or "up to date".
-                                       tools/histomicsui_shot.js takes a screenshot of a slide there.
 
 The server side lives in its own venv, as in production the Girder container and the CLI image are
 separate environments: it holds our Girder plugin (``plugin/``, editable, so Girder loads it at
@@ -459,17 +458,12 @@ def build_web_client() -> bool:
     HistomicsUI's clients (../shared/reference/dsa-notes.md): babel must also compile
     ``@girder/core`` (else "Cannot set property restRequest"), and one Backbone for all (else
     HistomicsUI's router never starts). Built again only when the server venv or our plugin's
-    client changes (stamp ``.web-built``); also installs Chromium (apt) and playwright-core (npm)
-    for tools/histomicsui_shot.js."""
+    client changes (stamp ``.web-built``); also installs Chromium (apt), which the browser tests
+    drive with Playwright (tests/test_histomicsui.py)."""
     ensure_venv()
     apt_install("chromium", "chromium", "fonts-liberation")
     # Install scripts stay off: geojs pulls canvas, whose script downloads a binary nobody needs here.
     npm_env = {**os.environ, "npm_config_ignore_scripts": "true"}
-    node_dir = STATE_DIR / "node"
-    if not (node_dir / "node_modules" / "playwright-core").is_dir():
-        install = ["npm", "install", "--prefix", str(node_dir), "playwright-core@1"]
-        if subprocess.run(install, capture_output=True, env=npm_env).returncode:
-            raise StackError("npm install playwright-core failed")
     stamp = VENV / ".web-built"
     wanted = web_stamp()
     if stamp.exists() and stamp.read_text() == wanted:

@@ -24,14 +24,41 @@ def is_ln_document(annotation: Mapping[str, Any]) -> bool:
     return attributes_of(annotation).get(dsa.ATTR_DOCUMENT) == dsa.DOCUMENT_LN
 
 
-def current_document(candidates: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The current LN document among a slide's documents: active lnassist LN documents only, the
-    newest ``created``, ties broken by the larger ``_id`` (ObjectIds grow with time), so the choice
-    never depends on the database's order."""
-    eligible = [a for a in candidates if a.get("_active", True) is not False and is_ln_document(a)]
+def current_document(
+    candidates: Iterable[Mapping[str, Any]], kind: str = dsa.DOCUMENT_LN
+) -> Mapping[str, Any] | None:
+    """The current lnassist document of ``kind`` (LN by default, or heatmap) among a slide's
+    documents: active ones of that kind only, the newest ``created``, ties broken by the larger
+    ``_id`` (ObjectIds grow with time), so the choice never depends on the database's order."""
+    eligible = [
+        a
+        for a in candidates
+        if a.get("_active", True) is not False and attributes_of(a).get(dsa.ATTR_DOCUMENT) == kind
+    ]
     if not eligible:
         return None
     return max(eligible, key=lambda a: (a.get("created") or 0, str(a["_id"])))
+
+
+class Unchanged(Exception):
+    """The LN already has the label asked for."""
+
+
+def relabel(elements: Sequence[dict[str, Any]], element_id: str, label: str) -> None:
+    """Move the LN outline ``element_id`` to the group of ``label`` ("positive" / "negative"), in that
+    group's colour, in place. KeyError (with a message) when no LN element has that id; Unchanged
+    when it already has the label."""
+    group = {name: group for group, name in LN_GROUPS.items()}.get(label)
+    if group is None:
+        raise KeyError(f"label must be one of {', '.join(LN_GROUPS.values())}, got {label!r}")
+    for element in elements:
+        if str(element.get("id")) == element_id and element.get("group") in LN_GROUPS:
+            if element["group"] == group:
+                raise Unchanged(element_id)
+            element["group"] = group
+            element["lineColor"] = dsa.rgb(dsa.GROUP_RGB[group])
+            return
+    raise KeyError(f"no LN outline with element id {element_id!r} in this document")
 
 
 def counts(elements: Iterable[Mapping[str, Any]]) -> dict[str, int]:

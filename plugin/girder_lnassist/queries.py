@@ -47,10 +47,11 @@ def chunks(values: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
         yield values[start : start + size]
 
 
-def ln_documents_query(item_ids: Iterable[Any]) -> dict[str, Any]:
+def documents_query(item_ids: Iterable[Any], kind: str = dsa.DOCUMENT_LN) -> dict[str, Any]:
+    """The active lnassist documents of ``kind`` of the items."""
     return {
         "itemId": {"$in": [ObjectId(i) for i in item_ids]},
-        f"annotation.attributes.{dsa.ATTR_DOCUMENT}": dsa.DOCUMENT_LN,
+        f"annotation.attributes.{dsa.ATTR_DOCUMENT}": kind,
         "_active": {"$ne": False},
     }
 
@@ -59,7 +60,7 @@ def current_documents(item_ids: list[Any]) -> dict[str, dict[str, Any]]:
     """{item id: its current LN document (without elements)} for the items that have one."""
     by_item: dict[str, list[dict[str, Any]]] = {}
     for chunk in chunks(list(item_ids)):
-        for doc in Annotation().collection.find(ln_documents_query(chunk), projection=_DOC_FIELDS):
+        for doc in Annotation().collection.find(documents_query(chunk), projection=_DOC_FIELDS):
             by_item.setdefault(str(doc["itemId"]), []).append(doc)
     return {item: documents.current_document(docs) for item, docs in by_item.items()}
 
@@ -92,9 +93,16 @@ def element_counts(docs: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def current_document_with_elements(item_id: Any) -> dict[str, Any] | None:
-    docs = Annotation().collection.find(ln_documents_query([item_id]), projection=_DOC_FIELDS)
+    docs = Annotation().collection.find(documents_query([item_id]), projection=_DOC_FIELDS)
     chosen = documents.current_document(list(docs))
     return Annotation().load(chosen["_id"], force=True) if chosen else None
+
+
+def current_document_id(item_id: Any, kind: str) -> str | None:
+    """The id of the item's current lnassist document of ``kind`` (no elements read)."""
+    docs = Annotation().collection.find(documents_query([item_id], kind), projection=_DOC_FIELDS)
+    chosen = documents.current_document(list(docs), kind)
+    return str(chosen["_id"]) if chosen else None
 
 
 def original_version(annotation: dict[str, Any]) -> dict[str, Any] | None:

@@ -47,6 +47,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _run_stamp() -> str:
+    # Unique per run, so each document can be traced to its job (queries.job_id_of).
+    return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def _mm_per_px(item: dict[str, Any]) -> tuple[float, float] | None:
     try:
         metadata = ImageItem().getMetadata(item)
@@ -100,6 +105,44 @@ def slide_summary(item: dict[str, Any], annotation_id: Any = None) -> dict[str, 
         "review": review.view(latest, annotation["_version"]),
         "lns": rows,
         "deleted_lns": deleted,
+    }
+
+
+def viewer_view(item: dict[str, Any], user: dict[str, Any], threshold: float | None) -> dict[str, Any]:
+    """What the HistomicsUI panel needs besides the counts: what this user may do on the slide (and
+    why not), the mode "Run LN analysis" would use, and the heatmap's colour legend."""
+    folder = Folder().load(item["folderId"], force=True)
+    write = Folder().hasAccess(folder, user, AccessType.WRITE)
+    mode = settings.default_mode(folder)
+    reason = None
+    if not write:
+        reason = (
+            "You can view this slide but not change it: running the analysis, relabelling and "
+            "reviewing need write access to its folder."
+        )
+    else:
+        try:
+            launch.check_slide(item)
+            launch.analysis_cli(settings.current()[settings.ANALYSIS_IMAGE], user)
+        except RestException as exc:
+            reason = f"LN analysis cannot run here: {exc.message}"
+    legend_threshold = settings.current()[settings.THRESHOLDS][mode] if threshold is None else threshold
+    return {
+        "access": {"write": write, "run": reason is None, "reason": reason},
+        "default_mode": mode,
+        "heatmap_annotation_id": queries.current_document_id(item["_id"], dsa.DOCUMENT_HEATMAP),
+        # The names and colours of the LN groups (lnassist.dsa), so the client repeats none of them.
+        "groups": {
+            label: {"name": group, "lineColor": dsa.rgb(dsa.GROUP_RGB[group])}
+            for group, label in documents.LN_GROUPS.items()
+        },
+        "legend": {
+            "threshold": legend_threshold,
+            "stops": [
+                {"score": score, "rgba": dsa.rgba(colour, alpha)}
+                for score, colour, alpha in dsa.heatmap_stops(legend_threshold)
+            ],
+        },
     }
 
 
@@ -179,7 +222,9 @@ class LnassistResource(Resource):
         self.route("POST", ("item", ":id", "analyze"), self.analyze)
         self.route("GET", ("item", ":id", "summary"), self.item_summary)
         self.route("GET", ("folder", ":id", "summary"), self.folder_summary)
+        self.route("POST", ("folder", ":id", "analyze"), self.analyze_folder)
         self.route("PUT", ("annotation", ":id", "review"), self.review)
+        self.route("PUT", ("annotation", ":id", "ln", ":element", "label"), self.relabel)
 
     @access.admin(scope=TokenScope.SETTINGS_READ)
     @autoDescribeRoute(
@@ -208,7 +253,8 @@ class LnassistResource(Resource):
             "touched. Returns the job (follow it with GET /job/{id})."
         )
         .modelParam("id", "The slide (a large-image item).", model=Item, level=AccessType.WRITE)
-        .param("mode", "screening (high sensitivity) or general; default: lnassist.default_mode.",
+        .param("mode", "screening (high sensitivity) or general; default: the nearest folder's "
+               "lnassist_default_mode metadata, else lnassist.default_mode.",
                required=False, enum=list(constants.MODES))
         .param("threshold", "A custom threshold in [0, 1] (default: the mode's, lnassist.thresholds).",
                required=False, dataType="number")
@@ -220,14 +266,52 @@ class LnassistResource(Resource):
     def analyze(self, item: dict[str, Any], mode: str | None, threshold: float | None) -> dict[str, Any]:
         user = self.getCurrentUser()
         current = settings.current()
-        mode = mode or current[settings.DEFAULT_MODE]
+        mode = mode or settings.default_mode(Folder().load(item["folderId"], force=True))
         if threshold is None:
             threshold = current[settings.THRESHOLDS][mode]
-        # Unique per run, so each document can be traced to its job (queries.job_id_of).
-        stamp = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        params = launch.job_parameters(item, mode, threshold, stamp)
         cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
-        return launch.launch(cli, params, user)
+        return launch.launch(cli, launch.job_parameters(item, mode, threshold, _run_stamp()), user)
+
+    @access.user(scope=TokenScope.DATA_WRITE)
+    @autoDescribeRoute(
+        Description('"Run LN analysis on this folder": starts the analysis of its slides as you.')
+        .notes(
+            "One LNAnalysis job per large image in the folder (with recursive, also in the subfolders "
+            "you can write), each with its folder's default mode, exactly as POST "
+            "/lnassist/item/{id}/analyze. Slides that already have an lnassist LN document are "
+            "skipped unless force is set. The jobs queue in the worker (which runs as many at once as "
+            "it has slots). Answers {started: [{item_id, job_id}], skipped: [item ids]}."
+        )
+        .modelParam("id", "The folder.", model=Folder, level=AccessType.WRITE)
+        .param("recursive", "Include subfolders you can write.", dataType="boolean", default=False,
+               required=False)
+        .param("force", "Analyse slides that already have a result, too.", dataType="boolean",
+               default=False, required=False)
+        .errorResponse("ID was invalid; no lnassist image is registered or configured.", 400)
+        .errorResponse("You are not logged in.", 401)
+        .errorResponse("Write access was denied on the folder.", 403)
+    )
+    def analyze_folder(self, folder: dict[str, Any], recursive: bool, force: bool) -> dict[str, Any]:
+        user = self.getCurrentUser()
+        current = settings.current()
+        cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
+        started, skipped = [], []
+        folders: dict[str, dict[str, Any] | None] = {}  # folder id -> the folder if the user may write it
+        for row in folder_rows(folder, user, recursive):
+            if row["folder_id"] not in folders:
+                sub = Folder().load(row["folder_id"], force=True)
+                folders[row["folder_id"]] = sub if Folder().hasAccess(sub, user, AccessType.WRITE) else None
+            if folders[row["folder_id"]] is None:  # a subfolder the user can read but not write
+                continue
+            if row["analysed"] and not force:
+                skipped.append(row["item_id"])
+                continue
+            item = Item().load(row["item_id"], force=True)
+            mode = settings.default_mode(folders[row["folder_id"]])
+            params = launch.job_parameters(item, mode, current[settings.THRESHOLDS][mode], _run_stamp())
+            job = launch.launch(cli, params, user)
+            started.append({"item_id": row["item_id"], "job_id": str(job["_id"])})
+        return {"folder_id": str(folder["_id"]), "started": started, "skipped": skipped}
 
     @access.user(scope=TokenScope.DATA_READ)
     @autoDescribeRoute(
@@ -241,12 +325,19 @@ class LnassistResource(Resource):
             "history. A slide without an lnassist document answers analysed: false and zero counts."
         )
         .modelParam("id", "The slide (a large-image item).", model=Item, level=AccessType.READ)
+        .param("viewer", "Also answer what the HistomicsUI panel needs: 'viewer': {access: {write, "
+               "run, reason}, default_mode, heatmap_annotation_id, groups: {positive|negative: "
+               "{name, lineColor}}, legend: {threshold, stops}}.", dataType="boolean",
+               default=False, required=False)
         .errorResponse("ID was invalid.", 400)
         .errorResponse("You are not logged in.", 401)
         .errorResponse("Read access was denied on the item.", 403)
     )
-    def item_summary(self, item: dict[str, Any]) -> dict[str, Any]:
-        return slide_summary(item)
+    def item_summary(self, item: dict[str, Any], viewer: bool) -> dict[str, Any]:
+        summary = slide_summary(item)
+        if viewer:
+            summary["viewer"] = viewer_view(item, self.getCurrentUser(), summary.get("threshold"))
+        return summary
 
     @access.user(scope=TokenScope.DATA_READ, cookie=True)
     @autoDescribeRoute(
@@ -337,3 +428,36 @@ class LnassistResource(Resource):
         Annotation().setMetadata(annotation, {dsa.ATTR_REVIEW: review.attribute(history)})
         Item().setMetadata(item, review.item_metadata(str(annotation["_id"]), entry))
         return {**review.view(entry, summary["annotation"]["version"]), "history": history}
+
+    @access.user(scope=TokenScope.DATA_WRITE)
+    @autoDescribeRoute(
+        Description("Relabel one LN of an lnassist LN document (positive or negative).")
+        .notes(
+            "Needs WRITE access on the slide. Moves the LN outline element to the other LN group with "
+            "that group's colour and saves the document as a new version (annotation history keeps "
+            "the AI's original, so the summary shows the change). Relabelling to the label the LN "
+            "already has changes nothing. Answers the slide's summary after the change."
+        )
+        .modelParam("id", "The LN annotation document.", model=Annotation, force=True, getElements=False)
+        .param("element", "The id of the LN's outline element.", paramType="path")
+        .param("label", "The new label.", enum=["positive", "negative"], required=True)
+        .errorResponse("ID was invalid; not an lnassist LN document; no such LN in it.", 400)
+        .errorResponse("You are not logged in.", 401)
+        .errorResponse("Write access was denied on the slide.", 403)
+    )
+    def relabel(self, annotation: dict[str, Any], element: str, label: str) -> dict[str, Any]:
+        user = self.getCurrentUser()
+        item = Item().load(annotation["itemId"], user=user, level=AccessType.WRITE, exc=True)
+        if annotation.get("_active") is False or "_annotationId" in annotation:
+            raise RestException("this annotation was deleted or is an old version")
+        if not documents.is_ln_document(annotation):
+            raise RestException("not an lnassist LN document (attributes.lnassist_document is not 'ln')")
+        doc = Annotation().load(annotation["_id"], force=True)
+        try:
+            documents.relabel(doc["annotation"]["elements"], element, label)
+        except documents.Unchanged:
+            return slide_summary(item)
+        except KeyError as exc:
+            raise RestException(str(exc.args[0])) from exc
+        Annotation().updateAnnotation(doc, updateUser=user)
+        return slide_summary(item)

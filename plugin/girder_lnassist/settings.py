@@ -16,7 +16,7 @@ from girder.models.setting import Setting
 from girder.settings import SettingDefault
 from girder.utility import setting_utilities
 
-from lnassist import constants
+from lnassist import constants, dsa
 
 DEFAULT_MODE = "lnassist.default_mode"  # one of lnassist.constants.MODES
 THRESHOLDS = "lnassist.thresholds"  # {mode: threshold in [0, 1]} for every mode
@@ -88,6 +88,26 @@ def _validate_models_folder(doc: dict[str, Any]) -> None:
     if value and not (_OBJECT_ID.match(value) and Folder().load(value, force=True)):
         raise ValidationException(f"{MODELS_FOLDER}: no folder with id {value!r}", "value")
     doc["value"] = value
+
+
+# Folder metadata key choosing the default mode of the slides below the folder (nearest folder wins).
+FOLDER_MODE_META = dsa.METADATA_PREFIX + "default_mode"
+
+
+def default_mode(folder: dict[str, Any] | None) -> str:
+    """The mode "Run LN analysis" uses for a slide in ``folder``: the nearest folder up the tree
+    whose metadata sets a valid FOLDER_MODE_META (a study of screening cases, say), else the
+    lnassist.default_mode setting. An invalid folder value is skipped, never used."""
+    seen = set()
+    while folder is not None and folder["_id"] not in seen:
+        seen.add(folder["_id"])
+        mode = (folder.get("meta") or {}).get(FOLDER_MODE_META)
+        if mode in constants.MODES:
+            return mode
+        if folder.get("parentCollection") != "folder":
+            break
+        folder = Folder().load(folder["parentId"], force=True)
+    return Setting().get(DEFAULT_MODE)
 
 
 def current() -> dict[str, Any]:

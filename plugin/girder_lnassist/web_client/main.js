@@ -1,3 +1,5 @@
 // Entry point of the lnassist plugin's bundle (girder build: plugins/lnassist/plugin.min.js), loaded
-// on every HistomicsUI page after HistomicsUI's own. The LN panel in the image view (counts, review
-// state, "Run LN analysis" with fixed parameters) and the folder batch buttons land here.
+// on every Girder and HistomicsUI page: the LN panel in HistomicsUI's image view and the study table
+// on folder pages.
+import './views/imageView';
+import './views/studyTable';

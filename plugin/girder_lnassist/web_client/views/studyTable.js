@@ -1,0 +1,91 @@
+// The study table on Girder folder pages: one row per slide of the folder (GET
+// /lnassist/folder/{id}/summary, so counts follow every relabel, edit and deletion), sortable by any
+// column, with a CSV download and, for users who may write the folder, "Run LN analysis on this
+// folder". Folders without large images show no table.
+import _ from 'underscore';
+import $ from 'jquery';
+
+import HierarchyWidget from '@girder/core/views/widgets/HierarchyWidget';
+import {wrap} from '@girder/core/utilities/PluginUtils';
+import {restRequest, getApiRoot} from '@girder/core/rest';
+import {getCurrentUser} from '@girder/core/auth';
+import {AccessType} from '@girder/core/constants';
+
+import studyTableTemplate from '../templates/studyTable.pug';
+import '../stylesheets/lnassist.styl';
+
+const COLUMNS = [
+    {key: 'name', title: 'Slide'},
+    {key: 'positive', title: 'Positive LNs'},
+    {key: 'negative', title: 'Negative LNs'},
+    {key: 'total', title: 'LNs'},
+    {key: 'review_state', title: 'Review'},
+    {key: 'model_version', title: 'Model'}
+];
+
+function renderStudy(widget, folder) {
+    const container = widget.$('.g-lnassist-study');
+    const state = widget._lnassistStudy;
+    if (!state.answer || !state.answer.count) {
+        container.empty();
+        return;
+    }
+    const rows = _.sortBy(state.answer.rows, (row) => {
+        const value = row[state.sort];
+        return typeof value === 'string' ? value.toLowerCase() : value;
+    });
+    if (state.descending) {
+        rows.reverse();
+    }
+    container.html(studyTableTemplate({
+        columns: COLUMNS,
+        rows,
+        totals: state.answer.totals,
+        sort: state.sort,
+        descending: state.descending,
+        canRun: folder.getAccessLevel() >= AccessType.WRITE,
+        message: state.message,
+        csvUrl: `${getApiRoot()}/lnassist/folder/${folder.id}/summary?format=csv&limit=0`,
+        viewerUrl: (row) => `${getApiRoot().replace(/\/api\/v1\/?$/, '')}/histomics#?image=${row.item_id}`
+    }));
+}
+
+function loadStudy(widget, folder) {
+    return restRequest({url: `lnassist/folder/${folder.id}/summary`, data: {limit: 0}, error: null}).done((answer) => {
+        widget._lnassistStudy.answer = answer;
+        renderStudy(widget, folder);
+    }).fail(() => widget.$('.g-lnassist-study').empty());
+}
+
+wrap(HierarchyWidget, 'render', function (render, ...args) {
+    const result = render.apply(this, args);
+    const folder = this.parentModel;
+    if (folder.resourceName !== 'folder' || !getCurrentUser()) {
+        return result;
+    }
+    if (!this._lnassistStudy || this._lnassistStudy.folderId !== folder.id) {
+        this._lnassistStudy = {folderId: folder.id, sort: 'name', descending: false};
+    }
+    if (!this.$('.g-lnassist-study').length) {
+        $('<div class="g-lnassist-study"></div>').insertBefore(this.$('.g-folder-list-container'));
+        this.$el.on('click', '.g-lnassist-study th[data-key]', (evt) => {
+            const key = $(evt.currentTarget).data('key');
+            const state = this._lnassistStudy;
+            state.descending = state.sort === key ? !state.descending : false;
+            state.sort = key;
+            renderStudy(this, folder);
+        });
+        this.$el.on('click', '.g-lnassist-run-folder', () => {
+            this.$('.g-lnassist-run-folder').prop('disabled', true);
+            restRequest({method: 'POST', url: `lnassist/folder/${folder.id}/analyze`, error: null}).done((answer) => {
+                this._lnassistStudy.message = `LN analysis started on ${answer.started.length} slide(s); ${answer.skipped.length} already analysed (skipped).`;
+                loadStudy(this, folder);
+            }).fail((xhr) => {
+                this._lnassistStudy.message = `LN analysis could not start: ${(xhr.responseJSON || {}).message || xhr.statusText}`;
+                renderStudy(this, folder);
+            });
+        });
+    }
+    loadStudy(this, folder);
+    return result;
+});

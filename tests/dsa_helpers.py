@@ -1,0 +1,75 @@
+"""The real DSA stack for tests (tools/dsa_stack.py): the handle the ``dsa`` fixture (conftest.py)
+yields, and what tests do with it: wait for jobs, upload slides, read annotations, expect refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import girder_client
+from docker_helpers import REPO
+
+STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
+JOB_TIMEOUT_S = 900
+JOB_SUCCESS, JOB_ERROR, JOB_CANCELED = 3, 4, 5
+
+
+@dataclass
+class Dsa:
+    gc: girder_client.GirderClient
+    clis: dict[str, str]  # CLI name -> its Girder item id
+    folder_id: str
+    image: str
+    state_dir: str
+
+
+def stack(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    # A first start installs the server venv and may set up the Docker engine's base image.
+    return subprocess.run([*STACK, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_job(gc: girder_client.GirderClient, job_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = gc.get(f"job/{job_id}")
+        if job["status"] in (JOB_SUCCESS, JOB_ERROR, JOB_CANCELED):
+            return job
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish within {JOB_TIMEOUT_S} s")
+
+
+def job_log(job: dict) -> str:
+    return "".join(job.get("log", []))
+
+
+def wait_until(condition, what: str, timeout_s: float = 60):
+    """The condition's first true value; documents are ingested (and superseded) after a job ends."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def upload_slide(dsa: Dsa, path: Path) -> dict:
+    """Upload a slide; returns its item (a large image: the tiff source opens it on upload)."""
+    file = dsa.gc.uploadFileToFolder(dsa.folder_id, str(path))
+    item = dsa.gc.get(f"item/{file['itemId']}")
+    return {**item, "fileId": file["_id"]}
+
+
+def annotations(gc: girder_client.GirderClient, item_id: str) -> list[dict]:
+    """Every annotation document on the item, whole (the listing leaves the elements out)."""
+    return [gc.get(f"annotation/{a['_id']}") for a in gc.get("annotation", parameters={"itemId": item_id})]
+
+
+def refusal(call) -> girder_client.HttpError:
+    try:
+        call()
+    except girder_client.HttpError as exc:
+        return exc
+    raise AssertionError("the request was not refused")
