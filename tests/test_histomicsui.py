@@ -555,6 +555,60 @@ def test_study_table_sorts_and_runs_the_folder(browser, study: Study, tmp_path: 
     row = f".g-lnassist-study-row[data-item-id='{item['_id']}'] .g-lnassist-study-total"
     page.page.wait_for_selector(row)
     assert int(page.text(row)) == result["counts"]["total"]
+    csv_url = page.page.get_attribute(".g-lnassist-csv", "href")
+    assert csv_url.startswith(f"{study.root}/api/v1/lnassist/folder/{study.folder_id}/summary?format=csv")
+    csv_text = page.page.request.get(csv_url).text()  # the browser's cookie authorises it
+    assert csv_text.splitlines()[0].startswith("item_id,name,") and item["_id"] in csv_text
     page.shot("study-table-two-slides")
     assert page.errors == [] and page.failed == []
     page.close()
+
+
+@docker_test
+def test_a_failed_run_says_why_and_links_the_job_log(browser, study: Study, tmp_path: Path) -> None:
+    """A slide whose file has no resolution: the CLI refuses it, and the panel says so."""
+    dsa = study.dsa
+    path = tmp_path / "no-resolution.tiff"
+    tifffile.imwrite(path, np.full((1024, 1024, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")
+    item = upload_slide(Dsa(dsa.gc, dsa.clis, study.folder_id, dsa.image, dsa.state_dir), path)
+    page = Page(browser, study, dsa.gc)
+    page.open_slide(item["_id"])
+    page.page.click(".h-lnassist-run")
+    page.page.wait_for_selector(".h-lnassist-job-failed", timeout=600_000)
+    failed = page.text(".h-lnassist-job-failed")
+    assert failed.startswith("LN analysis failed:") and "no resolution" in failed, failed
+    link = page.page.get_attribute(".h-lnassist-job-link", "href")
+    job_id = link.rsplit("/", 1)[-1]
+    assert link == f"{study.root}/#job/{job_id}"
+    job = dsa.gc.get(f"job/{job_id}")
+    assert job["status"] == 4 and "no resolution" in job_log(job)
+    assert page.text(".h-lnassist-not-analysed") == "Not analysed yet."
+    page.shot("viewer-failed-run")
+    assert page.errors == [] and page.failed == []
+    page.close()
+
+
+@docker_test
+def test_the_panel_can_be_hidden_by_the_panel_layout(browser, study: Study) -> None:
+    """Like HistomicsUI's own panels: histomicsui.panel_layout (or a folder's panelLayout) names it
+    'lnassist' (its id is h-lnassist-panel)."""
+    dsa = study.dsa
+    key = "histomicsui.panel_layout"
+    previous = dsa.gc.get("system/setting", parameters={"key": key})
+    page = Page(browser, study, dsa.gc)
+    try:
+        layout = json.dumps([{"name": "lnassist", "position": "hidden"}])
+        dsa.gc.put("system/setting", parameters={"key": key, "value": layout})
+        page.page.goto(f"{study.root}/histomics#?image={study.item['_id']}", wait_until="load")
+        page.page.wait_for_function(
+            "() => (document.querySelector('#h-lnassist-panel') || {className: ''})"
+            ".className.includes('hidden')"
+        )
+        page.close()
+        dsa.gc.put("system/setting", parameters={"key": key, "value": ""})
+        page = Page(browser, study, dsa.gc)  # HistomicsUI reads its settings once per page load
+        page.open_slide(study.item["_id"])  # shown again, in the right group by default
+        assert page.page.locator("#h-annotation-selector-container > #h-lnassist-panel").count() == 1
+    finally:
+        dsa.gc.put("system/setting", parameters={"key": key, "value": previous or ""})
+        page.close()

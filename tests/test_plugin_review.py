@@ -260,6 +260,7 @@ def test_slide_summary_of_an_unanalysed_slide(env: Env):
     assert summary["analysed"] is False
     assert summary["counts"] == {"positive": 0, "negative": 0, "total": 0}
     assert summary["review"] == {"state": "unreviewed"}
+    assert summary["lns"] == [] and summary["deleted_lns"] == []
 
 
 def test_slide_summary_counts_rows_and_provenance(env: Env):

@@ -75,6 +75,7 @@ def slide_summary(item: dict[str, Any], annotation_id: Any = None) -> dict[str, 
             "counts": {"positive": 0, "negative": 0, "total": 0},
             "review": review.view(None, None),
             "lns": [],
+            "deleted_lns": [],
         }
     attributes = documents.attributes_of(annotation)
     original = queries.original_version(annotation)

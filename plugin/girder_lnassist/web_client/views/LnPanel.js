@@ -7,11 +7,12 @@ import _ from 'underscore';
 import $ from 'jquery';
 
 import Panel from '@girder/slicer_cli_web/views/Panel';
-import {restRequest, getApiRoot} from '@girder/core/rest';
+import {restRequest} from '@girder/core/rest';
 import {getCurrentUser} from '@girder/core/auth';
 import eventStream from '@girder/core/utilities/EventStream';
 import JobStatus from '@girder/jobs/JobStatus';
 
+import webRoot from './webRoot';
 import lnPanelTemplate from '../templates/lnPanel.pug';
 import '../stylesheets/lnassist.styl';
 
@@ -120,7 +121,7 @@ const LnPanel = Panel.extend({
             message: this.message,
             job: this.job,
             jobText: this.job ? JobStatus.text(this.job.status) : '',
-            jobUrl: this.job ? `${getApiRoot().replace(/\/api\/v1\/?$/, '')}/#job/${this.job.id}` : '',
+            jobUrl: this.job ? `${webRoot()}/#job/${this.job.id}` : '',
             selected: this.selected,
             heatmapShown: heatmap ? !!heatmap.get('displayed') : false,
             heatmapOpacity: this.heatmapOpacity,
@@ -158,7 +159,9 @@ const LnPanel = Panel.extend({
         } else if (job.status === JobStatus.ERROR || job.status === JobStatus.CANCELED) {
             restRequest({url: `job/${job._id}`, error: null}).done((full) => {
                 const lines = (full.log || []).join('').split('\n').map((l) => l.trim()).filter((l) => l);
-                this.job.log = lines.length ? lines[lines.length - 1] : '';
+                // The CLI's own one-line message ("LNAnalysis: error: ..."), not the worker's traceback.
+                const cliError = _.last(lines.filter((l) => /^[A-Za-z]+: error: /.test(l)));
+                this.job.log = cliError || _.last(lines) || '';
                 this.render();
             });
         }

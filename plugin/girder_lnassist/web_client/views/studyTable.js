@@ -7,10 +7,11 @@ import $ from 'jquery';
 
 import HierarchyWidget from '@girder/core/views/widgets/HierarchyWidget';
 import {wrap} from '@girder/core/utilities/PluginUtils';
-import {restRequest, getApiRoot} from '@girder/core/rest';
+import {restRequest} from '@girder/core/rest';
 import {getCurrentUser} from '@girder/core/auth';
 import {AccessType} from '@girder/core/constants';
 
+import webRoot from './webRoot';
 import studyTableTemplate from '../templates/studyTable.pug';
 import '../stylesheets/lnassist.styl';
 
@@ -45,8 +46,8 @@ function renderStudy(widget, folder) {
         descending: state.descending,
         canRun: folder.getAccessLevel() >= AccessType.WRITE,
         message: state.message,
-        csvUrl: `${getApiRoot()}/lnassist/folder/${folder.id}/summary?format=csv&limit=0`,
-        viewerUrl: (row) => `${getApiRoot().replace(/\/api\/v1\/?$/, '')}/histomics#?image=${row.item_id}`
+        csvUrl: `${webRoot()}/api/v1/lnassist/folder/${folder.id}/summary?format=csv&limit=0`,
+        viewerUrl: (row) => `${webRoot()}/histomics#?image=${row.item_id}`
     }));
 }
 
