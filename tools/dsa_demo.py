@@ -252,9 +252,10 @@ def report(result: dict, slides: list[dict], girder_url: str, admin_file: str, l
           f"{totals['positive_slides']}, truth {true_positive_slides}")  # fmt: skip
     if totals["slides"] > len(rows):  # slides someone else put into the study folder
         print(f"(the study folder holds {totals['slides'] - len(rows)} more slide(s) than the demo's)")
-    print("\nOpen in HistomicsUI (LN outlines and heatmaps are annotations on each slide):")
+    print("\nOpen in HistomicsUI (outlines and heatmap on each slide, the LN analysis panel on the right):")
     for row in rows:
         print(f"  {row['name']:<24} {girder_url}/histomics#?image={row['item_id']}")
+    print(f"The study table (counts, review states, CSV): {girder_url}/#folder/{result['folder_id']}")
     print(f"Log in as '{login}'; the password is in {admin_file} (key \"password\"; mode 0600).")
     print("The server keeps running; `make demo-stop` stops it (tools/dsa_stack.py down).")
 
