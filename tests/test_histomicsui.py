@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import girder_client
@@ -525,9 +525,7 @@ def test_study_table_sorts_and_runs_the_folder(browser, study: Study, tmp_path: 
     second = write_slide(
         tmp_path / "second.tiff", LayoutConfig(4600, 2600, seed=4, categories=("negative",)), workers=1
     )
-    item = upload_slide(
-        Dsa(dsa.gc, dsa.clis, study.folder_id, dsa.image, dsa.state_dir), tmp_path / "second.tiff"
-    )
+    item = upload_slide(replace(dsa, folder_id=study.folder_id), tmp_path / "second.tiff")
     page = Page(browser, study, dsa.gc)
     page.page.goto(f"{study.root}/#folder/{study.folder_id}", wait_until="load")
     page.page.wait_for_selector(".g-lnassist-study-row >> nth=1")
@@ -570,7 +568,7 @@ def test_a_failed_run_says_why_and_links_the_job_log(browser, study: Study, tmp_
     dsa = study.dsa
     path = tmp_path / "no-resolution.tiff"
     tifffile.imwrite(path, np.full((1024, 1024, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")
-    item = upload_slide(Dsa(dsa.gc, dsa.clis, study.folder_id, dsa.image, dsa.state_dir), path)
+    item = upload_slide(replace(dsa, folder_id=study.folder_id), path)
     page = Page(browser, study, dsa.gc)
     page.open_slide(item["_id"])
     page.page.click(".h-lnassist-run")

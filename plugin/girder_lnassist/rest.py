@@ -47,6 +47,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _slide_of_current_ln_document(annotation: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """The slide of an lnassist LN document that ``user`` may change: 403 without write access on the
+    slide, 400 for a deleted or old version or for another kind of document."""
+    item = Item().load(annotation["itemId"], user=user, level=AccessType.WRITE, exc=True)
+    if annotation.get("_active") is False or "_annotationId" in annotation:
+        raise RestException("this annotation was deleted or is an old version")
+    if not documents.is_ln_document(annotation):
+        raise RestException("not an lnassist LN document (attributes.lnassist_document is not 'ln')")
+    return item
+
+
 def _run_stamp() -> str:
     # Unique per run, so each document can be traced to its job (queries.job_id_of).
     return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -404,11 +415,7 @@ class LnassistResource(Resource):
     )
     def review(self, annotation: dict[str, Any], state: str, note: str | None) -> dict[str, Any]:
         user = self.getCurrentUser()
-        item = Item().load(annotation["itemId"], user=user, level=AccessType.WRITE, exc=True)
-        if annotation.get("_active") is False or "_annotationId" in annotation:
-            raise RestException("this annotation was deleted or is an old version")
-        if not documents.is_ln_document(annotation):
-            raise RestException("not an lnassist LN document (attributes.lnassist_document is not 'ln')")
+        item = _slide_of_current_ln_document(annotation, user)
         summary = slide_summary(item, annotation["_id"])
         try:
             review.check_state(state, summary["changed"], note)
@@ -448,11 +455,7 @@ class LnassistResource(Resource):
     )
     def relabel(self, annotation: dict[str, Any], element: str, label: str) -> dict[str, Any]:
         user = self.getCurrentUser()
-        item = Item().load(annotation["itemId"], user=user, level=AccessType.WRITE, exc=True)
-        if annotation.get("_active") is False or "_annotationId" in annotation:
-            raise RestException("this annotation was deleted or is an old version")
-        if not documents.is_ln_document(annotation):
-            raise RestException("not an lnassist LN document (attributes.lnassist_document is not 'ln')")
+        item = _slide_of_current_ln_document(annotation, user)
         doc = Annotation().load(annotation["_id"], force=True)
         try:
             documents.relabel(doc["annotation"]["elements"], element, label)
