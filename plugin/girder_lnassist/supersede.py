@@ -13,7 +13,9 @@ document of the same kind on that item that is *untouched AI output* is removed:
 Removal happens only once the new document exists, so a run that fails before its ingest loses
 nothing; with large_image's annotation history on (its default) a removed document stays
 restorable. Documents are ordered by (``created``, ``_id``), so two runs racing on one slide leave
-exactly one current AI document: each creation removes only documents older than itself.
+exactly one current AI document: each creation removes the documents older than itself, and a
+document that arrives after a newer one (its ``created`` was stamped first, its insert came later)
+removes itself.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def older_than(record: dict[str, Any], newer: dict[str, Any]) -> bool:
 
 
 def supersede(created: dict[str, Any]) -> list[Any]:
-    """Remove the documents that ``created`` (a new annotation record) supersedes; returns their ids."""
+    """Remove the documents that ``created`` (a new annotation record) supersedes, or ``created``
+    itself when a newer untouched AI document is already there; returns the removed ids."""
     from girder_large_image_annotation.models.annotation import Annotation
 
     kind = attributes_of(created).get(dsa.ATTR_DOCUMENT)
@@ -57,9 +60,16 @@ def supersede(created: dict[str, Any]) -> list[Any]:
         "_id": {"$ne": created["_id"]},
         f"annotation.attributes.{dsa.ATTR_DOCUMENT}": kind,
     }
+    others = [
+        record
+        for record in Annotation().find(query, fields=["_id", "created", "updated", "annotation.attributes"])
+        if untouched_ai_document(record, kind)
+    ]
+    if any(older_than(created, record) for record in others):
+        others = [created]  # superseded on arrival
     removed = []
-    for record in Annotation().find(query, fields=["_id", "created", "updated", "annotation.attributes"]):
-        if untouched_ai_document(record, kind) and older_than(record, created):
+    for record in others:
+        if record is created or older_than(record, created):
             Annotation().remove(record)
             removed.append(record["_id"])
     if removed:
