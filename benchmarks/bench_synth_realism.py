@@ -25,6 +25,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -42,7 +43,7 @@ SVS = DATA / "cmu_small_region.svs"
 PCAM_GRID_PX = 100
 TILE_MPP = 0.972 * 96 / PCAM_GRID_PX  # PCam patch (96 px at 0.972 um/px) as drawn in the figure
 FIGURE_JPEG_QUALITY = 95  # the PCam figure's quantisation tables are those of quality ~95
-SYNTH_TIFF_QUALITY = 85  # lnassist.synth.tiff.DEFAULT_QUALITY
+SYNTH_TIFF_QUALITY = 85  # lnassist.synth.tiff.DEFAULT_QUALITY, what the "vector" look is stored at
 SVS_MPP = 0.499
 NUCLEUS_H_OD = 0.55
 MIN_TISSUE_FRACTION = 0.3
@@ -112,7 +113,7 @@ def svs_tiles(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return tiles
 
 
-def synth_tiles(seed: int, per_type: int) -> dict[str, list[np.ndarray]]:
+def synth_tiles(seed: int, per_type: int, look: str | None) -> dict[str, list[np.ndarray]]:
     """Tiles per tissue type from slides of every site, sampled where the layout puts that tissue."""
     side = int(round(PCAM_GRID_PX * TILE_MPP / L.MPP_20X))
     out: dict[str, list[np.ndarray]] = {t: [] for t in TISSUE_TYPES}
@@ -126,7 +127,9 @@ def synth_tiles(seed: int, per_type: int) -> dict[str, list[np.ndarray]]:
             site=site,
             categories=("macro",) if i % 2 == 0 else ("micro", "negative_mimic"),
         )
-        lay = L.build_layout(cfg)
+        lay = L.build_layout(replace(cfg, look=look) if look else cfg)
+        # As write_slide stores it; a renderer without looks stores every slide at the default quality.
+        quality = lay.scanner.jpeg_quality if look == "scanned" else SYNTH_TIFF_QUALITY
         got = {t: 0 for t in TISSUE_TYPES}
         for _ in range(600):
             node = lay.nodes[int(rng.integers(len(lay.nodes)))]
@@ -141,7 +144,7 @@ def synth_tiles(seed: int, per_type: int) -> dict[str, list[np.ndarray]]:
             )
             if kind is None or got[kind] >= per_slide or len(out[kind]) >= per_type:
                 continue
-            t = _to_tile(_jpeg(render_region(lay, x, y, side, side), SYNTH_TIFF_QUALITY))
+            t = _to_tile(_jpeg(render_region(lay, x, y, side, side), quality))
             if _tissue_fraction(t) >= MIN_TISSUE_FRACTION:
                 out[kind].append(t)
                 got[kind] += 1
@@ -322,11 +325,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--per-type", type=int, default=24, help="synthetic tiles per tissue type")
     ap.add_argument("--svs-tiles", type=int, default=40)
+    ap.add_argument("--look", default=None, help="layout.LOOKS entry; default: the renderer's")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     real = {"PCam (LN, real)": pcam_tiles(), "Aperio CMU-1 (skin, real)": svs_tiles(rng, args.svs_tiles)}
-    synth = {f"synthetic {k}": v for k, v in synth_tiles(args.seed, args.per_type).items()}
+    synth = {f"synthetic {k}": v for k, v in synth_tiles(args.seed, args.per_type, args.look).items()}
     per = {name: [tile_stats(t) for t in tiles] for name, tiles in {**real, **synth}.items()}
 
     def pooled(names: list[str]) -> dict:
@@ -346,6 +350,8 @@ def main() -> int:
         "pcam_and_aperio_vs_synthetic": classify(
             pooled([pcam, svs_name])["features"], sides["synthetic"]["features"], args.seed
         ),
+        # Reference: how well the same classifier tells two real sources (LN at 40x, skin at 20x) apart.
+        "pcam_vs_aperio": classify(sides["real"]["features"], pooled([svs_name])["features"], args.seed),
     }
     statistics = {}
     for key in ("h_od", "e_od", "areas", "dark"):
