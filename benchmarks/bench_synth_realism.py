@@ -312,8 +312,8 @@ def figure(path: Path, real: dict[str, list], synth: dict[str, list], stats: dic
     ax = fig.add_subplot(gs[len(rows) + 1 :, 9:12])
     for side, colour in (("real", "tab:blue"), ("synthetic", "tab:red")):
         ax.semilogy(np.arange(SPECTRUM_BANDS) + 0.5, stats[side]["spectrum"], color=colour, label=side)
-    ax.set_title("radial power spectrum", fontsize=8)
-    ax.tick_params(labelsize=6)
+    ax.set_title("radial power spectrum (share per band)", fontsize=8)
+    ax.tick_params(which="both", labelsize=6)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path)
     plt.close(fig)
