@@ -253,3 +253,30 @@ def test_site_rates_shape_what_a_slide_gets():
     assert counts["D"] == pytest.approx(artefacts.SITE_RATES["D"]["chatter"], abs=0.3)
     with pytest.raises(SynthError, match="unknown artefacts"):
         L.LayoutConfig(3000, 3000, seed=1, look="scanned", artefacts=("coffee",)).validate()
+
+
+def test_cli_and_data_set_config_choose_the_look(tmp_path):
+    import argparse
+    import json
+
+    from lnassist.commands.synth import add_cli
+    from lnassist.synth.dataset import DatasetConfig, load_config
+    from lnassist.synth.generate import gt_path_for
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "one.tiff"
+    argv = ["synth", str(out), "--width-px", "3000", "--height-px", "3000", "--site", "C",
+            "--categories", "negative", "--tile-px", "256", "--look", "scanned"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    gt = json.loads(gt_path_for(out).read_text())
+    assert gt["look"] == "scanned" and gt["scanner"]["jpeg_quality"] == optics.SCANNERS["C"].jpeg_quality
+    assert all("kind" in a for a in gt["artefacts"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv[:-1] + ["photo"])
+    config = tmp_path / "data.yaml"
+    config.write_text("look: scanned\ntrain: {n_slides: 1}\n")
+    assert load_config(config).look == "scanned"
+    with pytest.raises(SynthError, match="look must be one of"):
+        DatasetConfig(look="photo").validate()
