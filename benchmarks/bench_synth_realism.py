@@ -315,7 +315,7 @@ def figure(path: Path, real: dict[str, list], synth: dict[str, list], stats: dic
     ax.set_title("radial power spectrum (share per band)", fontsize=8)
     ax.tick_params(which="both", labelsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
