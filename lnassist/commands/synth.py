@@ -10,7 +10,7 @@ from typing import Any
 
 from lnassist.categories import CATEGORIES
 from lnassist.commands.args import positive_int
-from lnassist.synth.layout import MPP_20X, TUMOUR_TYPES
+from lnassist.synth.layout import LOOKS, MPP_20X, TUMOUR_TYPES
 from lnassist.synth.stain import SITES
 
 
@@ -39,6 +39,7 @@ def run_synth(args: argparse.Namespace) -> int:
         categories=args.categories,
         n_nodes=args.n_nodes,
         tumour_type=args.tumour_type,
+        look=args.look,
     )
     t0 = time.perf_counter()
     gt = write_slide(
@@ -63,7 +64,12 @@ def run_synth_dataset(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else DatasetConfig()
     over = {
         k: v
-        for k, v in (("seed", args.seed), ("width_px", args.width_px), ("height_px", args.height_px))
+        for k, v in (
+            ("seed", args.seed),
+            ("width_px", args.width_px),
+            ("height_px", args.height_px),
+            ("look", args.look),
+        )
         if v is not None
     }
     cfg = replace(cfg, **over)
@@ -103,7 +109,13 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--n-nodes", type=positive_int, default=None)
     p.add_argument("--tumour-type", choices=TUMOUR_TYPES, default=None)
     p.add_argument("--tile-px", type=positive_int, default=512)
-    p.add_argument("--quality", type=int, default=85)
+    p.add_argument(
+        "--look",
+        choices=LOOKS,
+        default="vector",
+        help="vector: flat rendering the shipped models know; scanned: texture, section and scanner optics",
+    )
+    p.add_argument("--quality", type=int, default=None, help="JPEG quality (default: 85, or the scanner's)")
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--overwrite", action="store_true", help="replace an existing slide and ground truth")
     p.set_defaults(func=run_synth)
@@ -116,6 +128,7 @@ def add_cli(subparsers: Any) -> None:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--width-px", type=positive_int, default=None)
     d.add_argument("--height-px", type=positive_int, default=None)
+    d.add_argument("--look", choices=LOOKS, default=None, help="slide look (default: the config's, vector)")
     for split in ("train", "val", "test"):
         d.add_argument(f"--n-{split}", type=int, default=None, help=f"number of {split} slides")
         d.add_argument(

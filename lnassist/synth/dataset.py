@@ -21,7 +21,7 @@ from lnassist.fileio import refuse_existing, write_text_atomic
 from lnassist.manifest import MANIFEST_NAME, write_manifest
 from lnassist.synth import SynthError
 from lnassist.synth.generate import gt_path_for, write_slide
-from lnassist.synth.layout import DEFAULT_MIX, LayoutConfig
+from lnassist.synth.layout import DEFAULT_MIX, LOOKS, LayoutConfig
 from lnassist.synth.stain import get_site
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class DatasetConfig:
     width_px: int = 12000
     height_px: int = 12000
     tile_px: int = 512
-    quality: int = 85
+    quality: int | None = None  # JPEG; None: 85, or each slide's scanner for the "scanned" look
+    look: str = "vector"
     train: SplitConfig = SplitConfig(24)
     val: SplitConfig = SplitConfig(6)
     test: SplitConfig = SplitConfig(12, ("A", "B", "C"), dict(TEST_MIX))
@@ -53,6 +54,8 @@ class DatasetConfig:
     def validate(self) -> None:
         if self.seed < 0:
             raise SynthError(f"seed must be >= 0, got {self.seed}")
+        if self.look not in LOOKS:
+            raise SynthError(f"look must be one of {LOOKS}, got {self.look!r}")
         for name, s in self.splits().items():
             if s.n_slides < 0:
                 raise SynthError(f"{name}: number of slides must be >= 0, got {s.n_slides}")
@@ -120,6 +123,7 @@ def build_dataset(out_dir: str | Path, cfg: DatasetConfig, workers: int = 2, ove
                 site=site,
                 mix=tuple(sc.mix.items()),
                 tumour_type=str(rng.choice(["intestinal", "diffuse", "mixed"], p=[0.45, 0.35, 0.2])),
+                look=cfg.look,
             )
             t0 = time.perf_counter()
             gt = write_slide(

@@ -8,6 +8,7 @@ mimics, free floaters and the slide-level label.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,16 @@ def ground_truth(layout: L.SlideLayout) -> dict:
         "site": layout.site.name,
         "stain": site_to_dict(layout.site),
         "tumour_type": layout.tumour_type,
+        "look": layout.look,
+        **(
+            {
+                "scanner": asdict(layout.scanner),
+                "section": asdict(layout.section),
+                "artefacts": [a.to_dict() for a in layout.artefacts],
+            }
+            if layout.look == "scanned"
+            else {}
+        ),
         "slide_label": layout.slide_label,
         "slide_category": category_of_extent(worst, layout.mpp) if positive else "negative",
         "nodes": nodes,
@@ -91,14 +102,17 @@ def write_slide(
     tiff_path: str | Path,
     cfg: L.LayoutConfig,
     tile_px: int = DEFAULT_TILE_PX,
-    quality: int = DEFAULT_QUALITY,
+    quality: int | None = None,
     workers: int = 2,
     overwrite: bool = False,
 ) -> dict:
     """Build the layout, write the TIFF and its ground truth; returns the ground-truth dict.
 
+    ``quality`` (JPEG) defaults to the slide's scanner for the "scanned" look, else ``DEFAULT_QUALITY``.
     Both files appear whole or not at all; existing files are replaced only with ``overwrite``."""
     layout = L.build_layout(cfg)
+    if quality is None:
+        quality = layout.scanner.jpeg_quality if layout.look == "scanned" else DEFAULT_QUALITY
     tiff_path = Path(tiff_path)
     gt_path = gt_path_for(tiff_path)
     refuse_existing(gt_path, overwrite)

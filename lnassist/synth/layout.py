@@ -25,7 +25,8 @@ from lnassist.categories import (
     category_of_extent,
     label_of,
 )
-from lnassist.synth import SynthError, geometry, sprites
+from lnassist.synth import SynthError, artefacts, geometry, optics, sprites
+from lnassist.synth.section import Section, draw_section
 from lnassist.synth.stain import StainSite, get_site
 
 MPP_20X = 0.46  # um/px of the paper's classifier input (20x)
@@ -43,6 +44,9 @@ MIN_NODE_DIAMETER_UM = {NEGATIVE: 1000.0, NEGATIVE_MIMIC: 1000.0, ITC: 1000.0, M
 MAX_NODE_DIAMETER_UM = 8000.0
 SMALLEST_NODE_UM = 500.0  # only on canvases too small for 1 mm nodes
 BUCKET_PX = 256
+# How slides look: "vector" is the original flat rendering (what the shipped models were trained on),
+# "scanned" adds chromatin and stroma texture, section thickness and the site's scanner optics.
+LOOKS = ("vector", "scanned")
 
 
 @dataclass
@@ -139,6 +143,10 @@ class SlideLayout:
     seed: int
     site: StainSite
     tumour_type: str
+    look: str
+    scanner: optics.Scanner
+    section: Section
+    artefacts: tuple[artefacts.Artefact, ...]
     nodes: list[Node]
     floaters: list[Mimic]  # fragments on the glass, outside every node
     paint: list[PaintOp]
@@ -171,6 +179,9 @@ class LayoutConfig:
     n_nodes: int | None = None
     stain_jitter: float = 1.0
     tumour_type: str | None = None
+    look: str = "vector"
+    # "scanned" only: artefact kinds to put on the slide (each once); None: drawn at the site's rates.
+    artefacts: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if not (isinstance(self.width_px, int | np.integer) and isinstance(self.height_px, int | np.integer)):
@@ -184,6 +195,10 @@ class LayoutConfig:
         if self.seed < 0:
             raise SynthError(f"seed must be >= 0, got {self.seed}")
         get_site(self.site)
+        if self.look not in LOOKS:
+            raise SynthError(f"look must be one of {LOOKS}, got {self.look!r}")
+        if self.artefacts is not None:
+            artefacts.check_kinds(self.artefacts)
         if self.categories is not None:
             bad = [c for c in self.categories if c not in CATEGORIES]
             if bad or not self.categories:
@@ -651,6 +666,25 @@ def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tupl
     return placed
 
 
+def _artefacts(cfg: LayoutConfig, nodes: list[Node], floaters: list[Mimic]) -> tuple[artefacts.Artefact, ...]:
+    """The slide's artefacts (own random stream), clear of every deposit and mimic."""
+    keep_out = [d.polygon for n in nodes for d in n.deposits]
+    for m in [m for n in nodes for m in n.mimics] + floaters:
+        if m.polygon is not None:
+            keep_out.append(m.polygon)
+        elif len(m.cells):
+            keep_out.append(geometry.disks_hull(m.cells, CELL_BODY_RADIUS_PX))
+    return artefacts.draw(
+        np.random.default_rng([cfg.seed, 4]),
+        cfg.artefacts,
+        cfg.site,
+        (cfg.width_px, cfg.height_px),
+        cfg.mpp,
+        [n.contour for n in nodes],
+        keep_out,
+    )
+
+
 def build_layout(cfg: LayoutConfig) -> SlideLayout:
     """Generate the whole slide layout (deterministic in ``cfg``)."""
     cfg.validate()
@@ -713,6 +747,8 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
                 floaters.append(_floater(b, frng, c, mpp))
                 break
 
+    # Scanner and section come from their own stream: the layout is the same whatever the look.
+    srng = np.random.default_rng([cfg.seed, 3])
     ops = b.ops()
     xy = np.concatenate(b.cell_xy) if b.cell_xy else np.zeros((0, 2))
     bank = np.concatenate(b.cell_bank) if b.cell_bank else np.zeros(0, np.uint8)
@@ -724,6 +760,10 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
         seed=int(cfg.seed),
         site=site,
         tumour_type=tumour_type,
+        look=cfg.look,
+        scanner=optics.jittered(cfg.site, srng),
+        section=draw_section(srng),
+        artefacts=_artefacts(cfg, nodes, floaters) if cfg.look == "scanned" else (),
         nodes=nodes,
         floaters=floaters,
         paint=ops,

@@ -11,12 +11,14 @@ Only numpy / OpenCV are used; all state is local, so windows can be rendered fro
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from lnassist.slide import polygon_mask
-from lnassist.synth import SynthError, noise, sprites
+from lnassist.synth import SynthError, artefacts, noise, optics, sprites
 from lnassist.synth import layout as L
+from lnassist.synth.section import thickness
 from lnassist.synth.stain import concentrations_to_rgb
 
 LYMPH_GRID_PX = 11  # ~5 um: lymphocyte nuclei (~6 um) touch and overlap in the cortex
@@ -51,6 +53,43 @@ LUT_H, LUT_E, LUT_LYMPH_P, LUT_SPINDLE_P, LUT_FIBRE = (
 )
 LUT_LYMPH_BANK = _LUT[:, 3].astype(np.int64)
 
+
+@dataclass(frozen=True)
+class Scene:
+    """Look-dependent parts of the stained scene (see ``layout.LOOKS``)."""
+
+    lut_h: np.ndarray  # background haematoxylin per region
+    e_scale: float  # eosin overall (the "vector" eosin is about twice the OD of real LN tiles)
+    lymph_grid_px: int  # one candidate lymphocyte per grid cell
+    nucleus_gain: float  # haematoxylin of the dense background nuclei (lymphocytes, fibroblasts)
+    grain: str  # texture modulating H and E everywhere
+    h_grain: float
+    e_grain: float
+    chromatin: float  # granular modulation of H where H is nuclear (0: flat nuclei)
+    stain_blotch: float  # uneven eosin staining of fibrous tissue at the bundle scale
+
+
+# In "scanned", lymphoid tissue between nuclei is pale (real cortex is nuclei on a light background,
+# not a purple wash) and every surface has the fine granularity of fixed tissue at 20x.
+_PALE_GAPS = {L.CORTEX: 0.1, L.MANTLE: 0.11, L.GERMINAL: 0.1, L.MEDULLA: 0.1, L.TUMOUR_DIFFUSE: 0.1}
+SCENES = {
+    "vector": Scene(LUT_H, 1.0, LYMPH_GRID_PX, 1.0, "grain", 0.15, 0.12, 0.0, 0.0),
+    # Lymphocytes one per ~6 um: distinct nuclei with pale gaps, overlapping where jitter brings
+    # them together, as in real cortex (the count per mm^2 of real PCam tiles).
+    "scanned": Scene(
+        np.array([_PALE_GAPS.get(r, LUT_H[r]) for r in range(L.N_REGIONS)], dtype=np.float32),
+        0.75,
+        13,
+        0.9,
+        "grain_multi",
+        0.35,
+        0.35,
+        1.0,
+        0.3,
+    ),
+}
+CHROMATIN_H = 0.45  # H concentration above which a pixel counts as nuclear for the chromatin texture
+
 _TEXTURES: dict[str, np.ndarray] = {}
 _TEX_LOCK = threading.Lock()
 
@@ -61,6 +100,12 @@ def _texture(name: str) -> np.ndarray:
             if name not in _TEXTURES:
                 if name == "grain":
                     _TEXTURES[name] = noise.periodic_texture(101, 1024, 1.2)
+                elif name == "grain_fine":  # granules ~0.5 um
+                    _TEXTURES[name] = noise.periodic_texture(104, 1024, 0.7)
+                elif name == "grain_multi":  # granules to cell-sized mottling: fixed tissue at 20x
+                    tex = sum(a * noise.periodic_texture(105 + i, 1024, sigma) for i, (a, sigma) in
+                              enumerate(((1.0, 0.6), (0.8, 1.5), (0.6, 4.0))))
+                    _TEXTURES[name] = tex / tex.std()
                 else:  # collagen fibres: long along x, thin along y
                     _TEXTURES[name] = _fibre_texture(102, 1024)
     return _TEXTURES[name]
@@ -137,9 +182,14 @@ def _fibres(seed: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
 
 
 def _stamp_max(
-    target: np.ndarray, bank: sprites.Bank, cx: np.ndarray, cy: np.ndarray, variant: np.ndarray
+    target: np.ndarray,
+    bank: sprites.Bank,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    variant: np.ndarray,
+    gain: float,
 ) -> None:
-    """target = max(target, sprite) for every sprite (order-independent, vectorised), clipped."""
+    """target = max(target, gain * sprite) for every sprite (order-independent, vectorised), clipped."""
     if len(cx) == 0:
         return
     h, w = target.shape
@@ -147,7 +197,7 @@ def _stamp_max(
     off = np.arange(k) - k // 2
     ys = cy[:, None, None] + off[None, :, None]
     xs = cx[:, None, None] + off[None, None, :]
-    vals = bank.h[variant]
+    vals = bank.h[variant] * np.float32(gain) if gain != 1.0 else bank.h[variant]
     ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w) & (vals > 0.01)
     np.maximum.at(target.reshape(-1), (ys * w + xs)[ok], vals[ok])
 
@@ -164,6 +214,7 @@ def _hashed_nuclei(
     stream: int,
     lut_p: np.ndarray,
     H: np.ndarray,
+    gain: float,
 ) -> None:
     """Background nuclei from a per-grid-cell hash (never stored): one candidate per grid cell."""
     banks = sprites.banks()
@@ -188,13 +239,13 @@ def _hashed_nuclei(
     if stream == 21:  # fibroblasts: oriented along the collagen
         bank = banks[sprites.SPINDLE]
         ang = FIBRE_ANGLE + (pick % 64 - 32) / 64.0
-        _stamp_max(H, bank, cx - x0, cy - y0, sprites.angle_variant(bank, ang, pick // 64))
+        _stamp_max(H, bank, cx - x0, cy - y0, sprites.angle_variant(bank, ang, pick // 64), gain)
         return
     bank_ids = LUT_LYMPH_BANK[region]
     for bid in np.unique(bank_ids):
         sel = bank_ids == bid
         bank = banks[int(bid)]
-        _stamp_max(H, bank, cx[sel] - x0, cy[sel] - y0, pick[sel] % bank.n_variants)
+        _stamp_max(H, bank, cx[sel] - x0, cy[sel] - y0, pick[sel] % bank.n_variants, gain)
 
 
 def _explicit_cells(
@@ -233,8 +284,9 @@ def render_concentrations(
     if label_pad is None:
         return None
     region = label_pad[pad : pad + h, pad : pad + w]
-    H = LUT_H[region]
-    E = LUT_E[region]
+    scene = SCENES[layout.look]
+    H = scene.lut_h[region]
+    E = LUT_E[region] * np.float32(scene.e_scale)
     present = np.bincount(region.ravel(), minlength=L.N_REGIONS) > 0
     seed = layout.seed
     if present[L.FAT]:
@@ -242,25 +294,43 @@ def render_concentrations(
     fibre_amp = LUT_FIBRE[region]
     if (LUT_FIBRE[present] > 0).any():
         E *= np.float32(1.0) + fibre_amp * _fibres(seed, x0, y0, w, h)
-    grain = noise.texture_window(_texture("grain"), x0, y0, w, h)
-    H *= np.float32(1.0) + np.float32(0.15) * grain
-    E *= np.float32(1.0) + np.float32(0.12) * noise.texture_window(
-        _texture("grain"), x0 + 517, y0 + 311, w, h
-    )
+        if scene.stain_blotch:
+            blotch = noise.fractal_noise(seed, 13, x0, y0, w, h, 160, 3)
+            E *= np.float32(1.0) + np.float32(scene.stain_blotch) * (fibre_amp > 0) * blotch
+    grain = _texture(scene.grain)
+    H *= np.float32(1.0) + np.float32(scene.h_grain) * noise.texture_window(grain, x0, y0, w, h)
+    E *= np.float32(1.0) + np.float32(scene.e_grain) * noise.texture_window(grain, x0 + 517, y0 + 311, w, h)
     E *= np.float32(1.0) + np.float32(0.12) * noise.value_noise(seed, 3, x0, y0, w, h, 700)
-    _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, LYMPH_GRID_PX, 20, LUT_LYMPH_P, H)
-    _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, SPINDLE_GRID_PX, 21, LUT_SPINDLE_P, H)
+    for grid, stream, lut_p in ((scene.lymph_grid_px, 20, LUT_LYMPH_P), (SPINDLE_GRID_PX, 21, LUT_SPINDLE_P)):
+        _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, grid, stream, lut_p, H, scene.nucleus_gain)
     _explicit_cells(layout, x0, y0, w, h, H, E)
     H *= np.float32(1.0) + np.float32(0.08) * noise.value_noise(seed, 4, x0, y0, w, h, 900)
+    if scene.chromatin:
+        nuclear = np.clip((H - np.float32(CHROMATIN_H)) * np.float32(4.0), 0.0, 1.0)
+        clumps = noise.texture_window(_texture("grain_fine"), x0 + 211, y0 + 733, w, h)
+        H *= np.float32(1.0) + np.float32(scene.chromatin) * nuclear * clumps
+    if layout.look == "scanned":
+        t = thickness(seed, layout.section, (layout.width_px, layout.height_px), x0, y0, w, h)
+        H *= t
+        E *= t
     return H, E, region
 
 
 def render_region(layout: L.SlideLayout, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     """uint8 RGB (h, w, 3) of the base-level window at (x0, y0); pixels outside tissue are 255."""
-    maps = render_concentrations(layout, x0, y0, w, h)
+    _check_window(x0, y0, w, h)
+    x0, y0, w, h = int(x0), int(y0), int(w), int(h)
+    m = optics.margin_px(layout.scanner) if layout.look == "scanned" else 0
+    maps = render_concentrations(layout, x0 - m, y0 - m, w + 2 * m, h + 2 * m)
     if maps is None:
         return np.full((h, w, 3), 255, dtype=np.uint8)
     H, E, region = maps
-    rgb = concentrations_to_rgb(H, E, layout.site.od_matrix())
+    if m:
+        tissue = (region != L.GLASS).astype(np.float32)
+        ink = artefacts.apply(layout.artefacts, tissue, H, E, x0 - m, y0 - m)
+        rgb = optics.scan(H, E, layout.site.od_matrix(), layout.scanner, layout.seed, x0, y0, m, ink)
+        region = region[m : m + h, m : m + w]
+    else:
+        rgb = concentrations_to_rgb(H, E, layout.site.od_matrix())
     rgb[region == L.GLASS] = 255
     return rgb
