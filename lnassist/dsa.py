@@ -43,6 +43,9 @@ THRESHOLD_RGB = (255, 165, 0)
 # suspicious regions are coloured, as in the paper's figures.
 HEATMAP_CLEAR = 0.5
 HEATMAP_FAINT = 0.8
+# The colour of transparent heatmap cells: whatever ignores alpha (Girder's item thumbnails of the
+# heatmap image) then shows white around the LNs rather than a block of the ramp's orange.
+CLEAR_RGB = (255, 255, 255)
 LINE_WIDTH = 2  # screen pixels
 
 # Every group lnassist writes, with its outline colour (examples/histomicsui_config.yaml lists these).
@@ -89,8 +92,8 @@ def heatmap_stops(threshold: float) -> list[tuple[float, tuple[int, int, int], f
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     stops = [
-        (0.0, THRESHOLD_RGB, 0.0),
-        (HEATMAP_CLEAR * threshold, THRESHOLD_RGB, 0.0),
+        (0.0, CLEAR_RGB, 0.0),
+        (HEATMAP_CLEAR * threshold, CLEAR_RGB, 0.0),
         (HEATMAP_FAINT * threshold, THRESHOLD_RGB, 0.1),
         (float(threshold), THRESHOLD_RGB, 0.5),
         (1.0, HEATMAP_RGB, 0.9),

@@ -51,7 +51,8 @@ def test_overlay_places_every_cam_cell_at_its_base_position_in_the_ramp_colours(
             covered[row, col] = True
             pixel = overlay.rgba[row, col]
             if np.isnan(value) or value == 0:
-                assert pixel[3] == 0  # transparent outside the LN and at score 0
+                # Transparent outside the LN and at score 0, and white where alpha is ignored.
+                assert tuple(pixel) == (*dsa.CLEAR_RGB, 0)
             elif value == THRESHOLD:
                 assert tuple(pixel) == (*THRESHOLD_RGB, 128)
             elif value == 1.0:
