@@ -143,11 +143,6 @@ def viewer_view(item: dict[str, Any], user: dict[str, Any], threshold: float | N
         "access": {"write": write, "run": reason is None, "reason": reason},
         "default_mode": mode,
         "heatmap_annotation_id": queries.current_document_id(item["_id"], dsa.DOCUMENT_HEATMAP),
-        # The names and colours of the LN groups (lnassist.dsa), so the client repeats none of them.
-        "groups": {
-            label: {"name": group, "lineColor": dsa.rgb(dsa.GROUP_RGB[group])}
-            for group, label in documents.LN_GROUPS.items()
-        },
         "legend": {
             "threshold": legend_threshold,
             "stops": [
@@ -338,8 +333,8 @@ class LnassistResource(Resource):
         )
         .modelParam("id", "The slide (a large-image item).", model=Item, level=AccessType.READ)
         .param("viewer", "Also answer what the HistomicsUI panel needs: 'viewer': {access: {write, "
-               "run, reason}, default_mode, heatmap_annotation_id, groups: {positive|negative: "
-               "{name, lineColor}}, legend: {threshold, stops}}.", dataType="boolean",
+               "run, reason}, default_mode, heatmap_annotation_id, legend: {threshold, stops}}.",
+               dataType="boolean",
                default=False, required=False)
         .errorResponse("ID was invalid.", 400)
         .errorResponse("You are not logged in.", 401)

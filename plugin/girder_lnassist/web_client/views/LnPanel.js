@@ -2,7 +2,8 @@
 // review state, "Run LN analysis" with its job's progress, the LN list (click: pan and zoom to the
 // LN), one-click or Shift+P / Shift+N relabelling, "Mark reviewed", and the heatmap's switch,
 // opacity and legend. Everything it shows comes from GET /lnassist/item/{id}/summary?viewer=true
-// (names, colours, access and legend included), so the client repeats none of lnassist's names.
+// (access and legend included) and relabels go through the server, so the client repeats none of
+// lnassist's names or colours.
 import _ from 'underscore';
 import $ from 'jquery';
 
