@@ -12,6 +12,8 @@ from pathlib import Path
 import girder_client
 from docker_helpers import REPO
 
+from lnassist.dsa import ATTR_DOCUMENT
+
 STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
 JOB_TIMEOUT_S = 900
 JOB_SUCCESS, JOB_ERROR, JOB_CANCELED = 3, 4, 5
@@ -73,3 +75,11 @@ def refusal(call) -> girder_client.HttpError:
     except girder_client.HttpError as exc:
         return exc
     raise AssertionError("the request was not refused")
+
+
+def lnassist_documents(dsa: Dsa, item_id: str, kind: str) -> list[dict]:
+    """The item's lnassist documents of ``kind`` (lnassist.dsa.DOCUMENT_*), whole."""
+    return [
+        d for d in annotations(dsa.gc, item_id)
+        if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == kind
+    ]  # fmt: skip

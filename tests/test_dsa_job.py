@@ -33,6 +33,7 @@ from dsa_helpers import (
     Dsa,
     annotations,
     job_log,
+    lnassist_documents,
     refusal,
     stack,
     upload_slide,
@@ -40,7 +41,7 @@ from dsa_helpers import (
     wait_until,
 )
 
-from lnassist.dsa import ATTR_DOCUMENT, DOCUMENT_HEATMAP, DOCUMENT_LN, GROUP_NEGATIVE, GROUP_POSITIVE
+from lnassist.dsa import DOCUMENT_HEATMAP, DOCUMENT_LN, GROUP_NEGATIVE, GROUP_POSITIVE
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
@@ -370,13 +371,6 @@ def analyze(dsa: Dsa, item: dict, **params: object) -> dict:
     return dsa.gc.post(f"lnassist/item/{item['_id']}/analyze", parameters=params)
 
 
-def lnassist_documents(dsa: Dsa, item: dict, kind: str) -> list[dict]:
-    return [
-        d for d in annotations(dsa.gc, item["_id"])
-        if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == kind
-    ]  # fmt: skip
-
-
 @docker_test
 def test_plugin_runs_the_analysis_and_a_rerun_supersedes_the_untouched_one(
     configured: Dsa, slide: tuple[Path, dict]
@@ -404,15 +398,17 @@ def test_plugin_runs_the_analysis_and_a_rerun_supersedes_the_untouched_one(
     rows = dsa.gc.get(f"lnassist/folder/{dsa.folder_id}/summary", parameters={"limit": 0})["rows"]
     assert item["_id"] in {row["item_id"] for row in rows}
     assert not any(row["name"].endswith("outputHeatmapImage.tiff") for row in rows)
-    (first_ln,) = lnassist_documents(dsa, item, DOCUMENT_LN)
-    (first_heat,) = wait_until(lambda: lnassist_documents(dsa, item, DOCUMENT_HEATMAP), "heatmap document")
+    (first_ln,) = lnassist_documents(dsa, item["_id"], DOCUMENT_LN)
+    (first_heat,) = wait_until(
+        lambda: lnassist_documents(dsa, item["_id"], DOCUMENT_HEATMAP), "heatmap document"
+    )
 
     second = wait_for_job(dsa.gc, analyze(dsa, item, mode="general")["_id"])
     assert second["status"] == JOB_SUCCESS, tail(job_log(second))
     # Exactly one current AI document of each kind: the new one.
     for kind, first in ((DOCUMENT_LN, first_ln), (DOCUMENT_HEATMAP, first_heat)):
         docs = wait_until(
-            lambda kind=kind, first=first: (d := lnassist_documents(dsa, item, kind))
+            lambda kind=kind, first=first: (d := lnassist_documents(dsa, item["_id"], kind))
             and len(d) == 1 and d[0]["_id"] != first["_id"] and d,
             f"one new {kind} document",
         )
@@ -429,7 +425,7 @@ def test_plugin_reruns_leave_a_reviewed_document_byte_identical(
     item = upload_slide(dsa, slide[0])
     first = wait_for_job(dsa.gc, analyze(dsa, item, mode="screening")["_id"])
     assert first["status"] == JOB_SUCCESS, tail(job_log(first))
-    (reviewed,) = wait_until(lambda: lnassist_documents(dsa, item, DOCUMENT_LN), "LN document")
+    (reviewed,) = wait_until(lambda: lnassist_documents(dsa, item["_id"], DOCUMENT_LN), "LN document")
     dsa.gc.put(f"lnassist/annotation/{reviewed['_id']}/review", parameters={"state": "accepted"})
     before = dsa.gc.get(f"annotation/{reviewed['_id']}")
     for mode in ("general", "screening"):
@@ -437,7 +433,7 @@ def test_plugin_reruns_leave_a_reviewed_document_byte_identical(
         assert job["status"] == JOB_SUCCESS, tail(job_log(job))
     # The reviewed document and the newest AI one; the AI one between them was superseded.
     docs = wait_until(
-        lambda: len(d := lnassist_documents(dsa, item, DOCUMENT_LN)) == 2 and d, "two LN documents"
+        lambda: len(d := lnassist_documents(dsa, item["_id"], DOCUMENT_LN)) == 2 and d, "two LN documents"
     )
     assert reviewed["_id"] in {d["_id"] for d in docs}
     assert dsa.gc.get(f"annotation/{reviewed['_id']}") == before
@@ -452,9 +448,11 @@ def test_plugin_racing_runs_leave_one_current_ai_document(configured: Dsa, slide
         assert wait_for_job(dsa.gc, job["_id"])["status"] == JOB_SUCCESS
     for kind in (DOCUMENT_LN, DOCUMENT_HEATMAP):
         # Both runs' documents get ingested; each creation supersedes only older ones.
-        wait_until(lambda kind=kind: len(lnassist_documents(dsa, item, kind)) == 1, f"one {kind} document")
+        wait_until(
+            lambda kind=kind: len(lnassist_documents(dsa, item["_id"], kind)) == 1, f"one {kind} document"
+        )
         time.sleep(2)
-        assert len(lnassist_documents(dsa, item, kind)) == 1
+        assert len(lnassist_documents(dsa, item["_id"], kind)) == 1
 
 
 @docker_test
@@ -490,7 +488,7 @@ def test_plugin_analyze_refuses_clearly(configured: Dsa, slide: tuple[Path, dict
         assert refused.status == 400 and "no lnassist image is configured" in refused.responseText
     finally:
         dsa.gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": dsa.image})
-    assert lnassist_documents(dsa, item, DOCUMENT_LN) == []  # nothing was started
+    assert lnassist_documents(dsa, item["_id"], DOCUMENT_LN) == []  # nothing was started
 
 
 @docker_test
@@ -508,8 +506,8 @@ def test_girder_restarted_while_a_job_runs(configured: Dsa, slide: tuple[Path, d
     job = wait_for_job(dsa.gc, job["_id"])  # the admin's token survives: the database is on disk
     assert job["status"] in (JOB_SUCCESS, JOB_ERROR)
     time.sleep(5)  # any ingest still under way
-    ln_docs = lnassist_documents(dsa, item, DOCUMENT_LN)
-    heat_docs = lnassist_documents(dsa, item, DOCUMENT_HEATMAP)
+    ln_docs = lnassist_documents(dsa, item["_id"], DOCUMENT_LN)
+    heat_docs = lnassist_documents(dsa, item["_id"], DOCUMENT_HEATMAP)
     meta = dsa.gc.get(f"item/{item['_id']}").get("meta", {})
     if job["status"] == JOB_SUCCESS:
         (ln_doc,) = ln_docs

@@ -21,9 +21,18 @@ import numpy as np
 import pytest
 import tifffile
 from docker_helpers import REPO, docker_test, tail
-from dsa_helpers import JOB_SUCCESS, Dsa, annotations, job_log, upload_slide, wait_for_job, wait_until
+from dsa_helpers import (
+    JOB_SUCCESS,
+    Dsa,
+    annotations,
+    job_log,
+    lnassist_documents,
+    upload_slide,
+    wait_for_job,
+    wait_until,
+)
 
-from lnassist.dsa import ATTR_DOCUMENT, DOCUMENT_HEATMAP, DOCUMENT_LN, GROUP_RGB
+from lnassist.dsa import DOCUMENT_HEATMAP, DOCUMENT_LN, GROUP_RGB
 from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
@@ -204,10 +213,7 @@ def near_colour(
 
 
 def heatmap_elements(dsa: Dsa, item_id: str) -> list[dict]:
-    (heat,) = [
-        d for d in annotations(dsa.gc, item_id)
-        if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == DOCUMENT_HEATMAP
-    ]  # fmt: skip
+    (heat,) = lnassist_documents(dsa, item_id, DOCUMENT_HEATMAP)
     return heat["annotation"]["elements"]
 
 
@@ -290,10 +296,7 @@ def test_run_ln_analysis_from_the_viewer_shows_outlines_heatmap_and_counts(brows
     page.idle(1500)
     hidden = page.shot("map-heatmap-off")
     # Outlines: the LN document's vertices are drawn in their group's colour.
-    (ln_doc,) = [
-        d for d in annotations(dsa.gc, item_id)
-        if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == DOCUMENT_LN
-    ]  # fmt: skip
+    (ln_doc,) = lnassist_documents(dsa, item_id, DOCUMENT_LN)
     checked = found = 0
     for element in ln_doc["annotation"]["elements"]:
         vertices = element["points"][:: max(1, len(element["points"]) // 8)]

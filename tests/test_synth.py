@@ -10,6 +10,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from source_helpers import render_in_pieces
 
 from lnassist.categories import (
     CATEGORIES,
@@ -108,13 +109,7 @@ def test_default_mix_gives_several_nodes_of_varied_size():
 def test_render_is_seamless_across_tiles(big_layout):
     node = next(n for n in big_layout.nodes if n.category == MACRO)
     x0, y0 = (node.contour[0] - 300).astype(int)  # window straddling capsule, fat and cortex
-    w, h = 700, 590
-    whole = render_region(big_layout, x0, y0, w, h)
-    stitched = np.zeros_like(whole)
-    xs, ys = [0, 123, 400, w], [0, 77, 333, 512, h]
-    for ya, yb in zip(ys, ys[1:], strict=False):
-        for xa, xb in zip(xs, xs[1:], strict=False):
-            stitched[ya:yb, xa:xb] = render_region(big_layout, x0 + xa, y0 + ya, xb - xa, yb - ya)
+    whole, stitched = render_in_pieces(big_layout, x0, y0)
     assert np.array_equal(whole, stitched)
     assert whole.std() > 20  # not a blank window
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from source_helpers import render_in_pieces
 
 from lnassist.categories import ITC, MACRO, NEGATIVE, NEGATIVE_MIMIC
 from lnassist.synth import SynthError, artefacts, geometry, optics, section
@@ -55,16 +56,10 @@ def test_look_changes_pixels_not_ground_truth():
 def test_scanned_render_is_seamless_and_deterministic(scanned):
     node = scanned.nodes[0]
     x0, y0 = (node.contour[0] - 300).astype(int)  # capsule, fat, cortex and glass
-    w, h = 700, 590
-    whole = render_region(scanned, x0, y0, w, h)
-    stitched = np.zeros_like(whole)
-    xs, ys = [0, 123, 400, w], [0, 77, 333, 512, h]
-    for ya, yb in zip(ys, ys[1:], strict=False):
-        for xa, xb in zip(xs, xs[1:], strict=False):
-            stitched[ya:yb, xa:xb] = render_region(scanned, x0 + xa, y0 + ya, xb - xa, yb - ya)
+    whole, stitched = render_in_pieces(scanned, x0, y0)
     assert np.array_equal(whole, stitched)
     again = _layout("scanned", seed=7, categories=(MACRO, NEGATIVE), size=14000)
-    assert np.array_equal(whole, render_region(again, x0, y0, w, h))
+    assert np.array_equal(whole, render_region(again, x0, y0, whole.shape[1], whole.shape[0]))
 
 
 def test_scanned_glass_stays_white(scanned):
