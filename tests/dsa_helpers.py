@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +84,29 @@ def lnassist_documents(dsa: Dsa, item_id: str, kind: str) -> list[dict]:
         d for d in annotations(dsa.gc, item_id)
         if d["annotation"].get("attributes", {}).get(ATTR_DOCUMENT) == kind
     ]  # fmt: skip
+
+
+def http_status(call, *args, **kwargs) -> tuple[int, str]:
+    try:
+        call(*args, **kwargs)
+    except girder_client.HttpError as exc:
+        return exc.status, exc.responseText
+    return 200, ""
+
+
+def make_user(admin: girder_client.GirderClient, api_url: str, login: str) -> girder_client.GirderClient:
+    password = uuid.uuid4().hex
+    admin.post(
+        "user",
+        parameters={
+            "login": login,
+            "email": f"{login}@lnassist.invalid",
+            "firstName": login,
+            "lastName": "Test",
+            "password": password,
+            "admin": "false",
+        },
+    )
+    gc = girder_client.GirderClient(apiUrl=api_url)
+    gc.authenticate(login, password)
+    return gc

@@ -540,12 +540,16 @@ def test_study_table_sorts_and_runs_the_folder(browser, study: Study, tmp_path: 
     page.page.click(".g-lnassist-study-table th[data-key='total']")  # descending
     totals = [t.strip() for t in page.page.locator(".g-lnassist-study-total").all_inner_texts()]
     assert totals[0] != "–" and totals[-1] == "–", totals  # the analysed slide first, the new one last
-    # "Run LN analysis on this folder": only the slide without a result is started.
+    # "Run LN analysis on this folder": a batch of both slides, which skips the analysed one; the
+    # message follows the batch to its end.
     page.page.click(".g-lnassist-run-folder")
     page.page.wait_for_selector(".g-lnassist-study-message")
-    assert "started on 1 slide(s); 1 already analysed" in page.text(".g-lnassist-study-message")
+    message = lambda: page.text(".g-lnassist-study-message")  # noqa: E731
+    wait_until(lambda: "slide(s) done" in message(), "the batch's end in the message", 600)
+    assert "LN analysis of 2 slide(s) done: 1 done, 1 skipped" in message(), message()
+    assert page.page.get_attribute(".g-lnassist-batch-job", "href").startswith("#job/")
     jobs = [j for j in dsa.gc.get("job", parameters={"limit": 20}) if item["name"] in j.get("title", "")]
-    assert jobs, "no job for the new slide"
+    assert len(jobs) == 1, "one job for the new slide, none for the analysed one"
     job = wait_for_job(dsa.gc, jobs[0]["_id"])
     assert job["status"] == JOB_SUCCESS, tail(job_log(job))
     result = wait_until(

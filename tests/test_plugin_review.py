@@ -23,7 +23,7 @@ import girder_client
 import numpy as np
 import pytest
 import requests
-from dsa_helpers import stack
+from dsa_helpers import http_status, make_user, stack
 
 from lnassist import annotations, dsa
 from lnassist.results import LNResult, ModelRef, Provenance
@@ -49,14 +49,6 @@ class Env:
     bare: dict  # not analysed
     hidden: dict  # analysed, in the secret folder
     annotation_id: str
-
-
-def http_status(call, *args, **kwargs) -> tuple[int, str]:
-    try:
-        call(*args, **kwargs)
-    except girder_client.HttpError as exc:
-        return exc.status, exc.responseText
-    return 200, ""
 
 
 def provenance() -> Provenance:
@@ -93,24 +85,6 @@ def upload_slide(gc: girder_client.GirderClient, folder_id: str, path: Path) -> 
         item = gc.get(f"item/{item['_id']}")
     gc.post(f"item/{item['_id']}/tiles")
     return gc.get(f"item/{item['_id']}")
-
-
-def make_user(admin: girder_client.GirderClient, api_url: str, login: str) -> girder_client.GirderClient:
-    password = uuid.uuid4().hex
-    admin.post(
-        "user",
-        parameters={
-            "login": login,
-            "email": f"{login}@lnassist.invalid",
-            "firstName": login,
-            "lastName": "Test",
-            "password": password,
-            "admin": "false",
-        },
-    )
-    gc = girder_client.GirderClient(apiUrl=api_url)
-    gc.authenticate(login, password)
-    return gc
 
 
 def set_access(admin: girder_client.GirderClient, folder_id: str, users: dict[str, int]) -> None:

@@ -9,6 +9,11 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
     python tools/dsa_stack.py down     stop the services (the venv, the database and logs stay)
     python tools/dsa_stack.py restart-girder
                                        stop Girder alone and start it again on the same database
+    python tools/dsa_stack.py kill-girder
+                                       kill Girder alone (SIGKILL, a crash); `up` starts it again
+    python tools/dsa_stack.py second-girder | stop-second-girder
+                                       a second Girder process on the same database (prints its API
+                                       URL as JSON); `down` stops it too
     python tools/dsa_stack.py web      build Girder's web client with HistomicsUI and our plugin's
                                        client (node 20 + npm; about 3 min, again only when the venv
                                        or the plugin's client changes) so that a browser can show
@@ -71,6 +76,7 @@ SERVER_PINS = (
     "histomicsui==1.8.1",
     "secantusdb==0.7.0b3",
     "redis",
+    "croniter==6.0.0",
 )
 SERVICES = ("database", "redis", "girder", "worker")
 START_TIMEOUT_S = 120
@@ -292,19 +298,8 @@ def up() -> dict:
     if alive(state, "girder") and state.get("girder_code") != code_stamp():
         stop("girder", state)  # Girder imports the plugin once, at start: a running one serves old code
     if not alive(state, "girder"):
-        database = f"mongodb://127.0.0.1:{state['database_port']}/girder"
-        command = [
-            str(bin_dir / "girder"),
-            "serve",
-            "--database",
-            database,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(state["girder_port"]),
-        ]
         state["girder_code"] = code_stamp()
-        start("girder", command, env, state)
+        start("girder", girder_command(state, state["girder_port"]), env, state)
         wait_for("girder", lambda: api_answers(state["api_url"]), state)
     write_state(state)
     provision(state)
@@ -332,8 +327,38 @@ def stop(name: str, state: dict, quiet: bool = False) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
+def girder_command(state: dict, port: int) -> list[str]:
+    database = f"mongodb://127.0.0.1:{state['database_port']}/girder"
+    return [
+        str(VENV / "bin" / "girder"),
+        "serve",
+        "--database",
+        database,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def second_girder() -> dict:
+    """A second Girder process on the same database (as behind a load balancer), for the tests of
+    what must happen once however many processes serve: the plugin's batches and schedules."""
+    state = read_state()
+    if not alive(state, "database"):
+        raise StackError("the stack is not up (tools/dsa_stack.py up)")
+    state.setdefault("girder2_port", free_port())
+    api_url = f"http://127.0.0.1:{state['girder2_port']}/api/v1"
+    if not alive(state, "girder2"):
+        start("girder2", girder_command(state, state["girder2_port"]), service_env(state), state)
+        wait_for("girder2", lambda: api_answers(api_url), state)
+    write_state(state)
+    return {"api_url": api_url}
+
+
 def down(quiet: bool = False) -> None:
     state = read_state()
+    stop("girder2", state, quiet)
     for name in reversed(SERVICES):
         stop(name, state, quiet)
     STATE_FILE.unlink(missing_ok=True)
@@ -516,6 +541,18 @@ def main(argv: list[str]) -> int:
             # and comes back on the same database; the worker and its running containers go on.
             stop("girder", read_state())
             print(json.dumps(up(), indent=2))
+        elif command == "second-girder":
+            print(json.dumps(second_girder(), indent=2))
+        elif command == "stop-second-girder":
+            stop("girder2", read_state())
+        elif command == "kill-girder":
+            # A crash: Girder killed without warning (SIGKILL), nothing else; `up` starts it again on
+            # the same database.
+            state = read_state()
+            if alive(state, "girder"):
+                os.killpg(state["girder_pid"], signal.SIGKILL)
+                while alive(state, "girder"):
+                    time.sleep(0.1)
         elif command == "web":
             LOGS.mkdir(parents=True, exist_ok=True)
             # A running Girder serves the new client only after a restart (down, up).

@@ -10,8 +10,11 @@ current document, LN rows, changes, counts), ``review`` (pure review rules and r
 (the plugin's review record and the save guards), ``queries`` (database reads), ``launch``
 ("Run LN analysis" through slicer_cli_web), ``supersede`` (a new AI run replaces the earlier untouched
 AI documents), ``job_outputs`` (a job's uploaded files marked as outputs, not slides),
-``reconcile`` (jobs whose end Girder missed, ended from the worker's record), ``rest`` (the
-``/lnassist`` resource).
+``reconcile`` (jobs whose end Girder missed, ended from the worker's record), ``lease`` (which
+process runs the background work), ``batches`` (batches of slides and their per-slide state),
+``dispatch`` (runs the batches' slides as jobs, a bounded number at a time), ``autorun`` (new
+slides in switched-on folders), ``schedules`` (admins' timed batches), ``rest`` and
+``rest_batches`` (the ``/lnassist`` resource).
 """
 
 from __future__ import annotations
@@ -34,12 +37,28 @@ class LnassistPlugin(GirderPlugin):
         from girder import events
         from girder.utility.model_importer import ModelImporter
 
-        from . import job_outputs, reconcile, rest, settings, store, supersede  # noqa: F401 (settings)
+        from . import (
+            autorun,
+            batches,
+            dispatch,
+            job_outputs,
+            reconcile,
+            rest,
+            schedules,
+            settings,  # noqa: F401 (its validators)
+            store,
+            supersede,
+        )
 
         ModelImporter.registerModel("lnassist_review", store.ReviewRecord, "lnassist")
+        ModelImporter.registerModel("lnassist_batch", batches.Batch, "lnassist")
+        ModelImporter.registerModel("lnassist_batch_task", batches.BatchTask, "lnassist")
+        ModelImporter.registerModel("lnassist_schedule", schedules.Schedule, "lnassist")
         events.bind("model.annotation.save", "lnassist", store.guard_annotation_save)
         events.bind("model.item.save", "lnassist", store.guard_item_save)
         supersede.bind()
         job_outputs.bind()
         reconcile.start()
+        autorun.bind()
+        dispatch.start()
         info["apiRoot"].lnassist = rest.LnassistResource()

@@ -9,8 +9,11 @@ click in the Analyses menu. Nothing heavy runs here: the analysis is a job in th
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import cherrypy
 from girder.exceptions import RestException
 
 from lnassist import constants, dsa
@@ -24,14 +27,16 @@ OUTPUTS = {
 }
 
 
-def analysis_cli(image: str, user: dict[str, Any]) -> Any:
-    """The LNAnalysis CLI of ``image`` that ``user`` can see, or a 400 saying what an admin must do."""
+def analysis_cli(image: str, user: dict[str, Any] | None) -> Any:
+    """The LNAnalysis CLI of ``image`` that ``user`` can see (any, without a user: the dispatcher's
+    batches were allowed when they were made), or a 400 saying what an admin must do."""
     from slicer_cli_web.models import CLIItem
 
     if not image:
         raise RestException(
             "no lnassist image is configured: an admin registers the image (PUT /slicer_cli_web/"
-            "docker_image) and sets lnassist.analysis_image", 400
+            "docker_image) and sets lnassist.analysis_image",
+            400,
         )
     for cli in CLIItem.findAllItems(user):
         if cli.image == image and cli.name == dsa.CLI_ANALYSIS:
@@ -47,6 +52,23 @@ def check_slide(item: dict[str, Any]) -> str:
     if not large_image.get("fileId") or large_image.get("expected"):
         raise RestException(f"item {item['_id']} ({item.get('name')!r}) is not a large image", 400)
     return str(large_image["fileId"])
+
+
+def run_stamp() -> str:
+    """Unique per run, so each document can be traced to its job (queries.job_id_of)."""
+    return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def output_name(item: dict[str, Any], stamp: str, output: str) -> str:
+    return f"{item['name'].rsplit('.', 1)[0]}-lnassist-{stamp}-{output}.{OUTPUTS[output]}"
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a file or item name is one this module gives a job's output (before the job's upload
+    is marked as an output: auto-run must not analyse a heatmap image as a new slide)."""
+    return any(
+        f"-{output}.{extension}" in name and "-lnassist-" in name for output, extension in OUTPUTS.items()
+    )
 
 
 def job_parameters(item: dict[str, Any], mode: str, threshold: float | None, stamp: str) -> dict[str, Any]:
@@ -70,9 +92,8 @@ def job_parameters(item: dict[str, Any], mode: str, threshold: float | None, sta
         "girderApiUrl": "",
         "girderToken": "",
     }
-    stem = item["name"].rsplit(".", 1)[0]
-    for name, extension in OUTPUTS.items():
-        params[name] = f"{stem}-lnassist-{stamp}-{name}.{extension}"
+    for name in OUTPUTS:
+        params[name] = output_name(item, stamp, name)
         params[f"{name}_folder"] = str(item["folderId"])
     return params
 
@@ -85,3 +106,20 @@ def launch(cli: Any, params: dict[str, Any], user: dict[str, Any]) -> dict[str, 
     handler = genHandlerToRunDockerCLI(cli)
     token = Token().createToken(user=user)
     return handler.subHandler(cli, params, user, token).job
+
+
+def launch_in_background(cli: Any, params: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """:func:`launch` from a thread outside any request (the batch dispatcher). girder_worker tells a
+    Girder context by ``cherrypy.request.app`` (slicer_cli_web's own batch thread fakes it the same
+    way), and slicer_cli_web leaves the job's token in the thread's request headers: both are put back,
+    so no token outlives its launch in this long-lived thread."""
+    request = cherrypy.request
+    app, token = request.app, request.headers.pop("Girder-Token", None)
+    request.app = "fake_context"
+    try:
+        return launch(cli, params, user)
+    finally:
+        request.app = app
+        request.headers.pop("Girder-Token", None)
+        if token is not None:
+            request.headers["Girder-Token"] = token

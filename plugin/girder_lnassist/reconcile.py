@@ -14,6 +14,7 @@ from typing import Any
 
 import cherrypy
 from girder import logger
+from girder.exceptions import ValidationException
 
 from lnassist import dsa
 
@@ -49,7 +50,15 @@ def reconcile() -> list[Any]:
                 f"lnassist: the worker ended this job ({state}) while Girder could not hear it (restarted?); "
                 "its results were not stored: run the analysis again\n"
             )
-        Job().updateJob(job, log=log, status=status)
+        try:
+            # girder_worker's transitions end a job only from RUNNING (or its own later states): a job
+            # whose start Girder never heard goes through RUNNING first.
+            if job["status"] in (JobStatus.INACTIVE, JobStatus.QUEUED):
+                job = Job().updateJob(job, status=JobStatus.RUNNING)
+            Job().updateJob(job, log=log, status=status)
+        except ValidationException:  # another transition got there first: the job has ended
+            logger.warning("lnassist: job %s could not be ended as %s", job["_id"], status)
+            continue
         ended.append(job["_id"])
     if ended:
         logger.info("lnassist: ended %d job(s) the worker had finished unheard: %s", len(ended), ended)

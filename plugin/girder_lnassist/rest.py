@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +25,7 @@ from girder_large_image_annotation.models.annotation import Annotation
 from lnassist import constants, dsa
 
 from . import documents, job_outputs, launch, queries, review, settings, store
+from .rest_batches import BatchRoutes
 
 CSV_COLUMNS = (
     "item_id",
@@ -56,11 +56,6 @@ def _slide_of_current_ln_document(annotation: dict[str, Any], user: dict[str, An
     if not documents.is_ln_document(annotation):
         raise RestException("not an lnassist LN document (attributes.lnassist_document is not 'ln')")
     return item
-
-
-def _run_stamp() -> str:
-    # Unique per run, so each document can be traced to its job (queries.job_id_of).
-    return f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def _mm_per_px(item: dict[str, Any]) -> tuple[float, float] | None:
@@ -221,7 +216,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class LnassistResource(Resource):
+class LnassistResource(BatchRoutes, Resource):
     def __init__(self) -> None:
         super().__init__()
         self.resourceName = "lnassist"
@@ -229,9 +224,9 @@ class LnassistResource(Resource):
         self.route("POST", ("item", ":id", "analyze"), self.analyze)
         self.route("GET", ("item", ":id", "summary"), self.item_summary)
         self.route("GET", ("folder", ":id", "summary"), self.folder_summary)
-        self.route("POST", ("folder", ":id", "analyze"), self.analyze_folder)
         self.route("PUT", ("annotation", ":id", "review"), self.review)
         self.route("PUT", ("annotation", ":id", "ln", ":element", "label"), self.relabel)
+        self.route_batches()
 
     @access.admin(scope=TokenScope.SETTINGS_READ)
     @autoDescribeRoute(
@@ -260,13 +255,24 @@ class LnassistResource(Resource):
             "touched. Returns the job (follow it with GET /job/{id})."
         )
         .modelParam("id", "The slide (a large-image item).", model=Item, level=AccessType.WRITE)
-        .param("mode", "screening (high sensitivity) or general; default: the nearest folder's "
-               "lnassist_default_mode metadata, else lnassist.default_mode.",
-               required=False, enum=list(constants.MODES))
-        .param("threshold", "A custom threshold in [0, 1] (default: the mode's, lnassist.thresholds).",
-               required=False, dataType="number")
-        .errorResponse("ID was invalid; the item is not a large image; a bad mode or threshold; no "
-                       "lnassist image is registered or configured.", 400)
+        .param(
+            "mode",
+            "screening (high sensitivity) or general; default: the nearest folder's "
+            "lnassist_default_mode metadata, else lnassist.default_mode.",
+            required=False,
+            enum=list(constants.MODES),
+        )
+        .param(
+            "threshold",
+            "A custom threshold in [0, 1] (default: the mode's, lnassist.thresholds).",
+            required=False,
+            dataType="number",
+        )
+        .errorResponse(
+            "ID was invalid; the item is not a large image; a bad mode or threshold; no "
+            "lnassist image is registered or configured.",
+            400,
+        )
         .errorResponse("You are not logged in.", 401)
         .errorResponse("Write access was denied on the slide.", 403)
     )
@@ -277,48 +283,7 @@ class LnassistResource(Resource):
         if threshold is None:
             threshold = current[settings.THRESHOLDS][mode]
         cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
-        return launch.launch(cli, launch.job_parameters(item, mode, threshold, _run_stamp()), user)
-
-    @access.user(scope=TokenScope.DATA_WRITE)
-    @autoDescribeRoute(
-        Description('"Run LN analysis on this folder": starts the analysis of its slides as you.')
-        .notes(
-            "One LNAnalysis job per large image in the folder (with recursive, also in the subfolders "
-            "you can write), each with its folder's default mode, exactly as POST "
-            "/lnassist/item/{id}/analyze. Slides that already have an lnassist LN document are "
-            "skipped unless force is set. The jobs queue in the worker (which runs as many at once as "
-            "it has slots). Answers {started: [{item_id, job_id}], skipped: [item ids]}."
-        )
-        .modelParam("id", "The folder.", model=Folder, level=AccessType.WRITE)
-        .param("recursive", "Include subfolders you can write.", dataType="boolean", default=False,
-               required=False)
-        .param("force", "Analyse slides that already have a result, too.", dataType="boolean",
-               default=False, required=False)
-        .errorResponse("ID was invalid; no lnassist image is registered or configured.", 400)
-        .errorResponse("You are not logged in.", 401)
-        .errorResponse("Write access was denied on the folder.", 403)
-    )
-    def analyze_folder(self, folder: dict[str, Any], recursive: bool, force: bool) -> dict[str, Any]:
-        user = self.getCurrentUser()
-        current = settings.current()
-        cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
-        started, skipped = [], []
-        folders: dict[str, dict[str, Any] | None] = {}  # folder id -> the folder if the user may write it
-        for row in folder_rows(folder, user, recursive):
-            if row["folder_id"] not in folders:
-                sub = Folder().load(row["folder_id"], force=True)
-                folders[row["folder_id"]] = sub if Folder().hasAccess(sub, user, AccessType.WRITE) else None
-            if folders[row["folder_id"]] is None:  # a subfolder the user can read but not write
-                continue
-            if row["analysed"] and not force:
-                skipped.append(row["item_id"])
-                continue
-            item = Item().load(row["item_id"], force=True)
-            mode = settings.default_mode(folders[row["folder_id"]])
-            params = launch.job_parameters(item, mode, current[settings.THRESHOLDS][mode], _run_stamp())
-            job = launch.launch(cli, params, user)
-            started.append({"item_id": row["item_id"], "job_id": str(job["_id"])})
-        return {"folder_id": str(folder["_id"]), "started": started, "skipped": skipped}
+        return launch.launch(cli, launch.job_parameters(item, mode, threshold, launch.run_stamp()), user)
 
     @access.user(scope=TokenScope.DATA_READ)
     @autoDescribeRoute(
@@ -332,10 +297,14 @@ class LnassistResource(Resource):
             "history. A slide without an lnassist document answers analysed: false and zero counts."
         )
         .modelParam("id", "The slide (a large-image item).", model=Item, level=AccessType.READ)
-        .param("viewer", "Also answer what the HistomicsUI panel needs: 'viewer': {access: {write, "
-               "run, reason}, default_mode, heatmap_annotation_id, legend: {threshold, stops}}.",
-               dataType="boolean",
-               default=False, required=False)
+        .param(
+            "viewer",
+            "Also answer what the HistomicsUI panel needs: 'viewer': {access: {write, "
+            "run, reason}, default_mode, heatmap_annotation_id, legend: {threshold, stops}}.",
+            dataType="boolean",
+            default=False,
+            required=False,
+        )
         .errorResponse("ID was invalid.", 400)
         .errorResponse("You are not logged in.", 401)
         .errorResponse("Read access was denied on the item.", 403)

@@ -22,7 +22,20 @@ DEFAULT_MODE = "lnassist.default_mode"  # one of lnassist.constants.MODES
 THRESHOLDS = "lnassist.thresholds"  # {mode: threshold in [0, 1]} for every mode
 ANALYSIS_IMAGE = "lnassist.analysis_image"  # the slicer_cli_web Docker image to analyse with ("": none)
 MODELS_FOLDER = "lnassist.models_folder"  # Girder folder id of the models ("": none)
-KEYS = (DEFAULT_MODE, THRESHOLDS, ANALYSIS_IMAGE, MODELS_FOLDER)
+# Batches (folder runs, auto-run, schedules): at most this many of their jobs queued or running in the
+# worker at once, so a person's "Run LN analysis" waits behind at most this many batch jobs.
+BATCH_IN_FLIGHT = "lnassist.batch_max_in_flight"
+BATCH_ATTEMPTS = "lnassist.batch_max_attempts"  # tries per slide before it is reported failed
+SERVICE_USER = "lnassist.service_user"  # login of the non-admin user auto-run and schedules run as
+KEYS = (
+    DEFAULT_MODE,
+    THRESHOLDS,
+    ANALYSIS_IMAGE,
+    MODELS_FOLDER,
+    BATCH_IN_FLIGHT,
+    BATCH_ATTEMPTS,
+    SERVICE_USER,
+)
 
 SettingDefault.defaults.update(
     {
@@ -30,6 +43,9 @@ SettingDefault.defaults.update(
         THRESHOLDS: dict(constants.THRESHOLDS),
         ANALYSIS_IMAGE: "",
         MODELS_FOLDER: "",
+        BATCH_IN_FLIGHT: 2,
+        BATCH_ATTEMPTS: 3,
+        SERVICE_USER: "lnassist-service",
     }
 )
 
@@ -87,6 +103,34 @@ def _validate_models_folder(doc: dict[str, Any]) -> None:
     value = value.strip()
     if value and not (_OBJECT_ID.match(value) and Folder().load(value, force=True)):
         raise ValidationException(f"{MODELS_FOLDER}: no folder with id {value!r}", "value")
+    doc["value"] = value
+
+
+@setting_utilities.validator({BATCH_IN_FLIGHT, BATCH_ATTEMPTS})
+def _validate_count(doc: dict[str, Any]) -> None:
+    value = doc["value"]
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValidationException(
+            f"{doc['key']} must be a whole number from 1 to 1000, got {doc['value']!r}", "value"
+        )
+    doc["value"] = value
+
+
+# A login Girder accepts (it lower-cases logins and refuses '@'), starting with a letter.
+_LOGIN = re.compile(r"^[a-z][a-z0-9._-]{2,63}$")
+
+
+@setting_utilities.validator(SERVICE_USER)
+def _validate_service_user(doc: dict[str, Any]) -> None:
+    value = doc["value"].strip().lower() if isinstance(doc["value"], str) else doc["value"]
+    if not isinstance(value, str) or not _LOGIN.match(value):
+        raise ValidationException(
+            f"{SERVICE_USER} must be a login (3-64 lower-case letters, digits, '.', '-', '_'), "
+            f"got {doc['value']!r}",
+            "value",
+        )
     doc["value"] = value
 
 

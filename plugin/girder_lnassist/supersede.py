@@ -62,7 +62,10 @@ def supersede(created: dict[str, Any]) -> list[Any]:
     }
     others = [
         record
-        for record in Annotation().find(query, fields=["_id", "created", "updated", "annotation.attributes"])
+        # itemId and creatorId: large_image's remove notifies the item's viewers as the creator.
+        for record in Annotation().find(
+            query, fields=["_id", "itemId", "creatorId", "created", "updated", "annotation.attributes"]
+        )
         if untouched_ai_document(record, kind)
     ]
     if any(older_than(created, record) for record in others):

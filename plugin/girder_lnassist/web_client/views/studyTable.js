@@ -46,6 +46,7 @@ function renderStudy(widget, folder) {
         descending: state.descending,
         canRun: folder.getAccessLevel() >= AccessType.WRITE,
         message: state.message,
+        jobUrl: state.jobId ? `#job/${state.jobId}` : null,
         csvUrl: `${webRoot()}/api/v1/lnassist/folder/${folder.id}/summary?format=csv&limit=0`,
         viewerUrl: (row) => `${webRoot()}/histomics#?image=${row.item_id}`
     }));
@@ -56,6 +57,34 @@ function loadStudy(widget, folder) {
         widget._lnassistStudy.answer = answer;
         renderStudy(widget, folder);
     }).fail(() => widget.$('.g-lnassist-study').empty());
+}
+
+// Slides that need no analysis (already analysed with the current models, or reviewed) are
+// skipped by the server as the batch reaches them, so the outcome is only known as it runs.
+function batchMessage(batch) {
+    const states = batch.states;
+    const parts = ['done', 'skipped', 'failed', 'canceled']
+        .filter((state) => states[state]).map((state) => `${states[state]} ${state}`);
+    if (batch.status === 'running' || batch.status === 'creating') {
+        return `LN analysis of ${batch.total} slide(s) running: ${batch.ended_slides} of ${batch.total} ended${parts.length ? ` (${parts.join(', ')})` : ''}.`;
+    }
+    return `LN analysis of ${batch.total} slide(s) ${batch.status}: ${parts.join(', ') || 'nothing to do'}.`;
+}
+
+function followBatch(view, folder, batch) {
+    const state = view._lnassistStudy;
+    state.message = batchMessage(batch);
+    state.jobId = batch.job_id;
+    loadStudy(view, folder);
+    if (batch.status === 'running' || batch.status === 'creating') {
+        window.setTimeout(() => {
+            if (view._lnassistStudy !== state) {
+                return; // the user left this folder
+            }
+            restRequest({url: `lnassist/batch/${batch.id}`, error: null})
+                .done((next) => followBatch(view, folder, next));
+        }, 3000);
+    }
 }
 
 wrap(HierarchyWidget, 'render', function (render, ...args) {
@@ -78,9 +107,8 @@ wrap(HierarchyWidget, 'render', function (render, ...args) {
         });
         this.$el.on('click', '.g-lnassist-run-folder', () => {
             this.$('.g-lnassist-run-folder').prop('disabled', true);
-            restRequest({method: 'POST', url: `lnassist/folder/${folder.id}/analyze`, error: null}).done((answer) => {
-                this._lnassistStudy.message = `LN analysis started on ${answer.started.length} slide(s); ${answer.skipped.length} already analysed (skipped).`;
-                loadStudy(this, folder);
+            restRequest({method: 'POST', url: `lnassist/folder/${folder.id}/analyze`, error: null}).done((batch) => {
+                followBatch(this, folder, batch);
             }).fail((xhr) => {
                 this._lnassistStudy.message = `LN analysis could not start: ${(xhr.responseJSON || {}).message || xhr.statusText}`;
                 renderStudy(this, folder);
