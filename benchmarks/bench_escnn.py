@@ -111,20 +111,12 @@ def worker(spec: dict) -> dict:
             out = {"loss": float(loss), "read_s": round(read_s, 3)}
         else:
             loss, stats = stream_train_step(model, source, target, loss_fn, cfg)
-            out = {
-                "loss": loss,
-                "tiles_total": stats.tiles_total,
-                "tiles_white": stats.tiles_white,
-                "forward_computed": stats.forward_computed,
-                "tiles_backprop": stats.tiles_backprop,
-                "backward_computed": stats.backward_computed,
-                "forward_s": round(stats.forward_s, 3),
-                "backward_s": round(stats.backward_s, 3),
-                "wait_s": round(stats.wait_s, 3),
-                "cells_backprop": stats.cells_backprop,
-                "forward_mpx": round(stats.forward_px / 1e6, 2),
-                "backward_mpx": round(stats.backward_px / 1e6, 2),
-            }
+            out = {"loss": loss, "tiles_total": stats.tiles_total, "tiles_white": stats.tiles_white,
+                   "forward_computed": stats.forward_computed, "tiles_backprop": stats.tiles_backprop,
+                   "backward_computed": stats.backward_computed, "forward_s": round(stats.forward_s, 3),
+                   "backward_s": round(stats.backward_s, 3), "wait_s": round(stats.wait_s, 3),
+                   "cells_backprop": stats.cells_backprop, "forward_mpx": round(stats.forward_px / 1e6, 2),
+                   "backward_mpx": round(stats.backward_px / 1e6, 2)}
         opt.step()
         return out
 
@@ -172,10 +164,7 @@ def summarize(memory: list[dict], tissue: list[dict]) -> dict:
         if len(rows) >= 2:
             first, last = rows[0]["peak_rss_increase_mb"], rows[-1]["peak_rss_increase_mb"]
             out[f"{mode}_memory_growth"] = {
-                "from_px": rows[0]["size"],
-                "to_px": rows[-1]["size"],
-                "from_mb": first,
-                "to_mb": last,
+                "from_px": rows[0]["size"], "to_px": rows[-1]["size"], "from_mb": first, "to_mb": last,
                 "ratio": round(last / max(first, 1e-9), 3),
             }
     for mode in MODES[1:]:
@@ -192,8 +181,7 @@ def summarize(memory: list[dict], tissue: list[dict]) -> dict:
             rows = pick(memory, mode=mode, size=largest)
             if rows:
                 out[f"{mode}_over_naive_time_{largest}px_tissue_{MEMORY_TISSUE}"] = round(
-                    rows[0]["step_s"] / naive["step_s"], 3
-                )
+                    rows[0]["step_s"] / naive["step_s"], 3)
     for frac in TISSUE_FRACTIONS:
         naive = pick(tissue, mode="naive", tissue=frac)
         for mode in MODES[1:]:
@@ -224,14 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         # The fastest of the steps after a warm-up step (the machine may be shared); the slowest
         # configurations get a single step.
         steps = 1 if size >= 16384 else 2 if size >= 8192 else 3
-        return {
-            "mode": mode,
-            "size": size,
-            "tissue": tissue,
-            "tile_px": args.tile_px,
-            "threads": args.threads,
-            "steps": steps,
-        }
+        return {"mode": mode, "size": size, "tissue": tissue, "tile_px": args.tile_px,
+                "threads": args.threads, "steps": steps}
 
     memory, tissue = [], []
     for size in args.sizes:
@@ -249,12 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": args.threads,
-        },
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "threads": args.threads},
         "backbone": "tiny",
         "tile_px": args.tile_px,
         "memory_tissue_fraction": MEMORY_TISSUE,

@@ -27,9 +27,8 @@ def texture_block(rng: np.random.Generator, size_px: int = BLOCK_PX) -> np.ndarr
     noise = cv2.GaussianBlur(rng.normal(0, 14, (size_px, size_px, 3)).astype(np.float32), (0, 0), 2.0)
     block = base + noise
     nuclei = np.zeros((size_px, size_px), dtype=np.uint8)
-    for y, x, r in zip(
-        rng.integers(0, size_px, 5000), rng.integers(0, size_px, 5000), rng.integers(3, 7, 5000), strict=True
-    ):
+    for y, x, r in zip(rng.integers(0, size_px, 5000), rng.integers(0, size_px, 5000),
+                       rng.integers(3, 7, 5000), strict=True):
         cv2.circle(nuclei, (int(x), int(y)), int(r), 255, -1)
     purple = np.array([92, 58, 148], dtype=np.float32)
     alpha = cv2.GaussianBlur(nuclei.astype(np.float32) / 255.0, (0, 0), 1.0)[..., None]
@@ -62,15 +61,8 @@ class SyntheticLNSource:
     cost nothing to render), up to ``cache_bytes``.
     """
 
-    def __init__(
-        self,
-        height: int,
-        width: int,
-        tissue_fraction: float = 0.5,
-        seed: int = 0,
-        cache: bool = False,
-        cache_bytes: int = 0,
-    ) -> None:
+    def __init__(self, height: int, width: int, tissue_fraction: float = 0.5, seed: int = 0,
+                 cache: bool = False, cache_bytes: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.height, self.width = height, width
         self.block = texture_block(rng)
@@ -145,11 +137,8 @@ def seeded_init(model: nn.Module, seed: int, calibration: np.ndarray) -> nn.Modu
             bn.running_mean.copy_(args[0].mean(dim=(0, 2, 3)))
             bn.running_var.copy_(args[0].var(dim=(0, 2, 3)))
 
-        hooks = [
-            m.register_forward_pre_hook(calibrate)
-            for m in model.modules()
-            if isinstance(m, FrozenBatchNorm2d)
-        ]
+        hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
+                 if isinstance(m, FrozenBatchNorm2d)]
         try:
             pooled = global_max_pool(model.trunk(window_to_input(calibration)))
         finally:

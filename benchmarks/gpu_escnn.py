@@ -37,12 +37,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 # Paper figures (V100 32 GB) to compare with.
-PAPER = {
-    "escnn_20x_images_per_min": 0.912,
-    "escnn_5x_images_per_min": 3.48,
-    "stream_5x_images_per_min": 1.49,
-    "memory_gb": "8-9",
-}
+PAPER = {"escnn_20x_images_per_min": 0.912, "escnn_5x_images_per_min": 3.48,
+         "stream_5x_images_per_min": 1.49, "memory_gb": "8-9"}
 # Canvas sides: the paper's largest 20x LN image is 75,000^2 px; 10x and 5x are the same LN downscaled.
 SCALES = {
     "full": {"sides": {"5x": 18750, "10x": 37500, "20x": 75000}, "tile_px": 3072, "backbone": "resnet50"},
@@ -73,17 +69,8 @@ def count_flops(trunk, tile_px: int) -> tuple[float, float]:
     return fwd.get_total_flops() / px, both.get_total_flops() / px
 
 
-def run_config(
-    name: str,
-    mode: str,
-    side: int,
-    args,
-    device,
-    flops_px,
-    deadline: float,
-    est_s: float | None,
-    sources: dict,
-):
+def run_config(name: str, mode: str, side: int, args, device, flops_px, deadline: float, est_s: float | None,
+               sources: dict):
     import torch
     from bench_escnn_canvas import SyntheticLNSource, seeded_init
 
@@ -95,25 +82,17 @@ def run_config(
         return {**result, "skipped": f"time budget (estimated warm-up + step {2.5 * est_s:.0f} s)"}
     t_setup = time.perf_counter()
     if side not in sources:  # one canvas per size, shared by the modes (its render cache too)
-        sources[side] = SyntheticLNSource(
-            side, side, TISSUE_FRACTION, seed=1, cache=device.type == "cuda", cache_bytes=HOST_CACHE_BYTES
-        )
+        sources[side] = SyntheticLNSource(side, side, TISSUE_FRACTION, seed=1, cache=device.type == "cuda",
+                                          cache_bytes=HOST_CACHE_BYTES)
     source = sources[side]
     calibration = SyntheticLNSource(512, 512, 0.5, seed=3).read(0, 0, 512, 512)  # tissue and white
     model = seeded_init(build_model(args.backbone, num_classes=2), seed=0, calibration=calibration).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.01)
     escnn = mode.startswith("escnn")
-    cfg = StreamingConfig(
-        tile_px=args.tile_px,
-        skip_white=escnn,
-        skip_zero_grad=escnn,
-        recompute="auto" if mode == "escnn_auto" else "tiles",
-        amp=True,
-        channels_last=True,
-        prefetch_workers=args.workers,
-        prefetch_depth=args.depth,
-    )
+    cfg = StreamingConfig(tile_px=args.tile_px, skip_white=escnn, skip_zero_grad=escnn,
+                          recompute="auto" if mode == "escnn_auto" else "tiles", amp=True, channels_last=True,
+                          prefetch_workers=args.workers, prefetch_depth=args.depth)
     loss_fn = torch.nn.CrossEntropyLoss()
     target = torch.tensor([1], device=device)
     result["tissue_fraction"] = round(source.tissue_fraction, 4)
@@ -147,30 +126,19 @@ def run_config(
     fwd_px, both_px = flops_px
     flops = stats.forward_px * fwd_px + stats.backward_px * both_px
     tissue_px = source.tissue_fraction * side * side
-    result.update(
-        {
-            "steps": len(times),
-            "step_s": [round(t, 3) for t in times],
-            "mean_step_s": round(mean_s, 3),
-            "images_per_min": round(60.0 / mean_s, 3),
-            "loss": round(loss, 5),
-            "tiles_total": stats.tiles_total,
-            "tiles_white": stats.tiles_white,
-            "forward_computed": stats.forward_computed,
-            "tiles_backprop": stats.tiles_backprop,
-            "backward_computed": stats.backward_computed,
-            "cells_backprop": stats.cells_backprop,
-            "recompute": stats.recompute,
-            "forward_mpx": round(stats.forward_px / 1e6, 1),
-            "backward_mpx": round(stats.backward_px / 1e6, 1),
-            "forward_s": round(stats.forward_s, 3),
-            "backward_s": round(stats.backward_s, 3),
-            "prefetch_wait_s": round(stats.wait_s, 3),
-            "tflop_per_step": round(flops / 1e12, 3),
-            "achieved_tflops": round(flops / mean_s / 1e12, 3),
-            "tissue_mpx_per_s": round(tissue_px / mean_s / 1e6, 1),
-        }
-    )
+    result.update({
+        "steps": len(times), "step_s": [round(t, 3) for t in times], "mean_step_s": round(mean_s, 3),
+        "images_per_min": round(60.0 / mean_s, 3), "loss": round(loss, 5),
+        "tiles_total": stats.tiles_total, "tiles_white": stats.tiles_white,
+        "forward_computed": stats.forward_computed, "tiles_backprop": stats.tiles_backprop,
+        "backward_computed": stats.backward_computed, "cells_backprop": stats.cells_backprop,
+        "recompute": stats.recompute,
+        "forward_mpx": round(stats.forward_px / 1e6, 1), "backward_mpx": round(stats.backward_px / 1e6, 1),
+        "forward_s": round(stats.forward_s, 3),
+        "backward_s": round(stats.backward_s, 3), "prefetch_wait_s": round(stats.wait_s, 3),
+        "tflop_per_step": round(flops / 1e12, 3), "achieved_tflops": round(flops / mean_s / 1e12, 3),
+        "tissue_mpx_per_s": round(tissue_px / mean_s / 1e6, 1),
+    })
     return result
 
 
@@ -182,12 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile-px", type=int, help="default: 3072 (full) / 512 (small)")
     parser.add_argument("--backbone", help="default: resnet50 (full) / tiny (small)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration after warm-up")
-    parser.add_argument(
-        "--budget-s",
-        type=float,
-        default=330.0,
-        help="no step is started that is estimated to end after this many seconds",
-    )
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="no step is started that is estimated to end after this many seconds")
     parser.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     parser.add_argument("--depth", type=int, default=24, help="prefetch queue depth (tiles)")
     parser.add_argument("--dry-run", action="store_true", help="same as --device cpu --scale small")
@@ -208,10 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # the prefetch threads render tiles in parallel; no nested OpenCV threads
     if args.device == "cuda":
         if not torch.cuda.is_available():
-            fail(
-                f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
-                "use --device cpu --scale small for a dry run"
-            )
+            fail(f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                 "use --device cpu --scale small for a dry run")
         device = torch.device("cuda", 0)
     else:
         device = torch.device("cpu")
@@ -220,16 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cpus": os.cpu_count(),
-        "scale": args.scale,
-        "backbone": args.backbone,
-        "tile_px": args.tile_px,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(),
+        "scale": args.scale, "backbone": args.backbone, "tile_px": args.tile_px,
         "amp": "bf16 autocast (CUDA)",
-        "channels_last": True,
-        "tissue_fraction_target": TISSUE_FRACTION,
-        "paper_v100": PAPER,
+        "channels_last": True, "tissue_fraction_target": TISSUE_FRACTION, "paper_v100": PAPER,
         "results": [],
     }
     trunk = build_model(args.backbone).trunk
@@ -237,14 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     report["flops_per_px"] = {"forward": flops_px[0], "forward_backward": flops_px[1]}
     sides = scale["sides"]
     # Headline first (5x also warms the GPU up); the 20x canvas stays cached in host RAM for both modes.
-    plan = [
-        ("escnn_auto_5x", "escnn_auto", "5x"),
-        ("escnn_auto_20x", "escnn_auto", "20x"),
-        ("escnn_20x", "escnn", "20x"),
-        ("stream_5x", "stream", "5x"),
-        ("escnn_5x", "escnn", "5x"),
-        ("escnn_auto_10x", "escnn_auto", "10x"),
-    ]
+    plan = [("escnn_auto_5x", "escnn_auto", "5x"), ("escnn_auto_20x", "escnn_auto", "20x"),
+            ("escnn_20x", "escnn", "20x"), ("stream_5x", "stream", "5x"), ("escnn_5x", "escnn", "5x"),
+            ("escnn_auto_10x", "escnn_auto", "10x")]
     # Seconds per tissue megapixel of the mode measured so far, to estimate what still fits.
     cost = {"escnn_auto": None, "escnn": None, "stream": None}
     slowdown = {"escnn_auto": 1.0, "escnn": 3.0, "stream": 6.0}  # guesses until a mode is measured
@@ -271,22 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     by_name = {r["name"]: r for r in report["results"] if "images_per_min" in r}
-    summary = {
-        n: {
-            "images_per_min": r["images_per_min"],
-            "peak_gpu_mem_gb": r.get("peak_gpu_mem_gb"),
-            "achieved_tflops": r["achieved_tflops"],
-        }
-        for n, r in by_name.items()
-    }
+    summary = {n: {"images_per_min": r["images_per_min"], "peak_gpu_mem_gb": r.get("peak_gpu_mem_gb"),
+                   "achieved_tflops": r["achieved_tflops"]} for n, r in by_name.items()}
     for a, b in [("escnn_auto_5x", "stream_5x"), ("escnn_5x", "stream_5x"), ("escnn_auto_20x", "escnn_20x")]:
         if a in by_name and b in by_name:
             summary[f"{a}_over_{b}"] = round(by_name[a]["images_per_min"] / by_name[b]["images_per_min"], 2)
     for name in ("escnn_auto_20x", "escnn_20x"):
         if name in by_name:
-            summary[f"{name}_over_paper"] = round(
-                by_name[name]["images_per_min"] / PAPER["escnn_20x_images_per_min"], 2
-            )
+            summary[f"{name}_over_paper"] = round(by_name[name]["images_per_min"]
+                                                  / PAPER["escnn_20x_images_per_min"], 2)
     report["summary"] = summary
     report["elapsed_s"] = round(time.monotonic() - start, 1)
     out_file.write_text(json.dumps(report, indent=2) + "\n")

@@ -37,19 +37,16 @@ def texture_with_white(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().cpu()
-        for n, p in model.named_parameters()
-    }
+    return {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().cpu()
+            for n, p in model.named_parameters()}
 
 
 def max_rel_err(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
     return max(float((got[n] - r).norm() / r.norm()) for n, r in ref.items() if float(r.norm()) > 0)
 
 
-def check(
-    backbone: str, dtype: torch.dtype, amp: bool, image: np.ndarray, tile_px: int, device: torch.device
-) -> dict:
+def check(backbone: str, dtype: torch.dtype, amp: bool, image: np.ndarray, tile_px: int,
+          device: torch.device) -> dict:
     calibration = image[:512, -512:]  # a tissue (non-white) corner
     model = seeded_init(build_model(backbone, num_classes=2), seed=0, calibration=calibration).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -100,11 +97,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to check the script")
-    parser.add_argument(
-        "--no-tf32",
-        action="store_true",
-        help="true float32 convolutions (PyTorch lets cuDNN use TF32 for them by default)",
-    )
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="true float32 convolutions (PyTorch lets cuDNN use TF32 for them by default)")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
     torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32

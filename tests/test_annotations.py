@@ -379,3 +379,4 @@ def test_the_cli_names_are_the_registered_clis() -> None:
     outputs = {dsa.OUTPUT_ANNOTATION, dsa.OUTPUT_HEATMAP_ANNOTATION, dsa.OUTPUT_HEATMAP_IMAGE,
                dsa.OUTPUT_ITEM_METADATA}  # fmt: skip
     assert outputs <= names
+

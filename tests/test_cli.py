@@ -18,18 +18,8 @@ from lnassist.commands.args import device
 from lnassist.devices import DeviceError, resolve_device
 
 SUBCOMMANDS = (
-    "info",
-    "synth",
-    "synth-dataset",
-    "detect",
-    "train-detector",
-    "evaluate-detector",
-    "train-classifier",
-    "evaluate",
-    "models",
-    "publish-model",
-    "analyze",
-    "demo",
+    "info", "synth", "synth-dataset", "detect", "train-detector", "evaluate-detector", "train-classifier",
+    "evaluate", "models", "publish-model", "analyze", "demo",
 )
 
 

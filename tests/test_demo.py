@@ -30,9 +30,7 @@ _spec.loader.exec_module(dsa_demo)
 def test_demo_generates_reads_and_draws_a_slide(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lnassist", "demo", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
+        capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

@@ -59,9 +59,8 @@ class LocalNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
-        self.convs = nn.ModuleList(
-            [nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 1, 3, padding=1)]
-        )
+        self.convs = nn.ModuleList([nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                    nn.Conv2d(8, 1, 3, padding=1)])
         with torch.no_grad():
             for conv in self.convs:
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.1)

@@ -124,13 +124,8 @@ def test_checkpoint_with_mismatched_weights_raises(tmp_path, small_model):
 
 
 def test_config_from_dict_requires_every_field():
-    raw = {
-        "encoder": "resnet18",
-        "output_stride": 16,
-        "atrous_rates": [6, 12, 18],
-        "decoder_channels": 64,
-        "mpp": 7.36,
-    }
+    raw = {"encoder": "resnet18", "output_stride": 16, "atrous_rates": [6, 12, 18], "decoder_channels": 64,
+           "mpp": 7.36}
     assert DetectorConfig.from_dict(raw) == replace(CPU, decoder_channels=64)
     with pytest.raises(DetectorError):
         DetectorConfig.from_dict({**raw, "extra": 1})

@@ -40,17 +40,9 @@ def dataset(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("detector_data")
     gt = write_slide(root / "a.tiff", LayoutConfig(4000, 3000, seed=3, categories=("negative",)), workers=1)
     rows = [
-        {
-            "split": split,
-            "slide": "a.tiff",
-            "slide_id": f"{split}_a",
-            "ln_id": node["id"],
-            "contour": node["contour"],
-            "label": node["label"],
-            "mpp": gt["mpp"],
-        }
-        for split in ("train", "val")
-        for node in gt["nodes"]
+        {"split": split, "slide": "a.tiff", "slide_id": f"{split}_a", "ln_id": node["id"],
+         "contour": node["contour"], "label": node["label"], "mpp": gt["mpp"]}
+        for split in ("train", "val") for node in gt["nodes"]
     ]
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -73,9 +65,8 @@ def _truth(gt: dict) -> list[np.ndarray]:
     return [np.asarray(node["contour"]) for node in gt["nodes"]]
 
 
-def _base_iou(
-    polygons_a: list, polygons_b: list, width_base_px: int, height_base_px: int, mpp: float, base_mpp: float
-) -> float:
+def _base_iou(polygons_a: list, polygons_b: list, width_base_px: int, height_base_px: int, mpp: float,
+              base_mpp: float) -> float:
     width_px, height_px = round(width_base_px * base_mpp / mpp), round(height_base_px * base_mpp / mpp)
 
     def raster(polygons):
@@ -109,9 +100,8 @@ def test_detect_slide_with_a_ground_truth_stub_returns_the_ground_truth_contours
     assert len(detection.contours_base_px) == len(truth) == 1
     # Compared in base-level pixels at 4x the detector's resolution; the dilation and the pixel
     # centres move the outline by about half a detector pixel (measured IoU 0.984).
-    iou = _base_iou(
-        truth, detection.contours_base_px, slide.width_px, slide.height_px, DETECTOR_MPP / 4, slide.base_mpp
-    )
+    iou = _base_iou(truth, detection.contours_base_px, slide.width_px, slide.height_px, DETECTOR_MPP / 4,
+                    slide.base_mpp)
     assert iou > 0.95
     report = json.loads(json.dumps(detection_to_json(detection, slide="a.tiff")))
     assert report["n_lns"] == 1 and report["slide"] == "a.tiff"
@@ -163,18 +153,8 @@ def test_commands(dataset, tmp_path, capsys):
     out = tmp_path / "detections.json"
     mask_png = tmp_path / "mask.png"
     slide = manifest.parent / "a.tiff"
-    argv = [
-        "detect",
-        str(slide),
-        "--weights",
-        str(weights),
-        "--out",
-        str(out),
-        "--mask-png",
-        str(mask_png),
-        "--threads",
-        "1",
-    ]
+    argv = ["detect", str(slide), "--weights", str(weights), "--out", str(out), "--mask-png", str(mask_png),
+            "--threads", "1"]
     assert _run(argv) == 0
     detections = json.loads(out.read_text())
     assert detections["format"] == "lnassist-detections/1" and detections["weights"] == str(weights)
@@ -191,43 +171,13 @@ def test_commands(dataset, tmp_path, capsys):
     assert not other_out.exists() and mask_png.read_bytes() == before
 
     report = tmp_path / "report.json"
-    assert (
-        _run(
-            [
-                "evaluate-detector",
-                str(manifest),
-                "--weights",
-                str(weights),
-                "--split",
-                "val",
-                "--out",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    assert _run(["evaluate-detector", str(manifest), "--weights", str(weights), "--split", "val",
+                 "--out", str(report)]) == 0
     assert json.loads(report.read_text())["summary"]["n_slides"] == 1
 
     trained = tmp_path / "trained.pt"
-    assert (
-        _run(
-            [
-                "train-detector",
-                str(manifest),
-                "--out",
-                str(trained),
-                "--iterations",
-                "1",
-                "--batch-size",
-                "2",
-                "--crop-px",
-                "64",
-                "--evaluate-split",
-                "",
-            ]
-        )
-        == 0
-    )
+    assert _run(["train-detector", str(manifest), "--out", str(trained), "--iterations", "1",
+                 "--batch-size", "2", "--crop-px", "64", "--evaluate-split", ""]) == 0
     _, metadata = load_checkpoint(trained)
     assert metadata["train_config"]["iterations"] == 1 and "val_report" not in metadata
     assert "wrote" in capsys.readouterr().out

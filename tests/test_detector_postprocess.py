@@ -104,14 +104,7 @@ def test_a_blob_with_a_hole_has_one_external_contour():
     assert len(contours) == 1
     # The dilated square: a 102 x 102 square less its four corner pixels.
     assert _as_set(contours[0]) == {
-        (40, 39),
-        (39, 40),
-        (39, 139),
-        (40, 140),
-        (139, 140),
-        (140, 139),
-        (140, 40),
-        (139, 39),
+        (40, 39), (39, 40), (39, 139), (40, 140), (139, 140), (140, 139), (140, 40), (139, 39)
     }
     cleaned = clean_mask(mask)
     assert not cleaned[81:109, 81:109].any()  # the hole shrinks by the dilation but stays

@@ -38,17 +38,13 @@ def _sample(seed: int, size: int = 96) -> SlideSample:
     pink = tuple(int(v) for v in rng.integers(size // 10, size - size // 10, 2))
     cv2.circle(image, pink, size // 12, (230, 170, 200), -1)
     image[mask.astype(bool)] = (90, 40, 140)
-    return SlideSample(
-        f"s{seed}", "train", Path(f"s{seed}"), image, mask.astype(bool), 1, Grid(size, size, (16.0, 16.0))
-    )
+    return SlideSample(f"s{seed}", "train", Path(f"s{seed}"), image, mask.astype(bool), 1,
+                       Grid(size, size, (16.0, 16.0)))
 
 
 def test_paper_training_defaults():
     assert (PAPER_TRAIN.iterations, PAPER_TRAIN.lr, PAPER_TRAIN.momentum, PAPER_TRAIN.weight_decay) == (
-        40_000,
-        0.01,
-        0.9,
-        5e-4,
+        40_000, 0.01, 0.9, 5e-4
     )
 
 

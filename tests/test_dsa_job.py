@@ -229,13 +229,8 @@ def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
     # AI output, is superseded by the second's (the plugin: plugin/girder_lnassist/supersede.py).
     names = [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])]
     assert names.count("LN metastasis") == 2
-    assert wait_until(
-        lambda: (
-            [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])].count("LN metastasis heatmap")
-            == 1
-        ),
-        "the superseded heatmap gone",
-    )
+    assert wait_until(lambda: [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])].count(
+        "LN metastasis heatmap") == 1, "the superseded heatmap gone")
     assert dsa.gc.get(f"item/{item['_id']}")["meta"]["lnassist_mode"] == "general"
 
 
@@ -413,12 +408,8 @@ def test_plugin_runs_the_analysis_and_a_rerun_supersedes_the_untouched_one(
     # Exactly one current AI document of each kind: the new one.
     for kind, first in ((DOCUMENT_LN, first_ln), (DOCUMENT_HEATMAP, first_heat)):
         docs = wait_until(
-            lambda kind=kind, first=first: (
-                (d := lnassist_documents(dsa, item["_id"], kind))
-                and len(d) == 1
-                and d[0]["_id"] != first["_id"]
-                and d
-            ),
+            lambda kind=kind, first=first: (d := lnassist_documents(dsa, item["_id"], kind))
+            and len(d) == 1 and d[0]["_id"] != first["_id"] and d,
             f"one new {kind} document",
         )
         assert docs[0]["annotation"]["attributes"]["mode"] == "general"

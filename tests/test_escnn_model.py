@@ -77,8 +77,7 @@ def test_window_to_input_normalises_and_rejects_bad_windows():
     white = np.full((4, 5, 3), 255, dtype=np.uint8)
     x = window_to_input(white, channels_last=True)
     assert x.shape == (1, 3, 4, 5) and x.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(
-        x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
-    )
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
+                                                       (1 - 0.406) / 0.225]))
     with pytest.raises(ValueError, match="uint8"):
         window_to_input(np.zeros((4, 5, 3), dtype=np.float32))

@@ -76,14 +76,8 @@ def test_gradient_support_equals_receptive_field(name, size):
 
 @pytest.mark.parametrize(
     "module",
-    [
-        nn.AdaptiveAvgPool2d(1),
-        nn.Upsample(scale_factor=2),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Conv2d(3, 3, 3, padding="same"),
-        nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"),
-        nn.Dropout(),
-    ],
+    [nn.AdaptiveAvgPool2d(1), nn.Upsample(scale_factor=2), nn.MaxPool2d(2, ceil_mode=True),
+     nn.Conv2d(3, 3, 3, padding="same"), nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), nn.Dropout()],
 )
 def test_unknown_or_unstreamable_modules_are_refused(module):
     with pytest.raises(ReceptiveFieldError):

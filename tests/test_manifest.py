@@ -148,11 +148,7 @@ def test_the_docstring_example_reads_and_every_field_is_documented(tmp_path: Pat
     path.write_text(" ".join(line.strip() for line in example.splitlines()) + "\n")
     (row,) = read_manifest(path)
     assert (row["slide_id"], row["ln_id"], row["label"], row["mpp"], len(row["contour"])) == (
-        "s01",
-        3,
-        1,
-        0.25,
-        3,
+        "s01", 3, 1, 0.25, 3
     )
     documented = set(re.findall(r"^([a-z_]+) {2,}", doc, flags=re.MULTILINE))
     checked = {"manifest_version", *manifest_module.REQUIRED_FIELDS, *manifest_module.FIELD_CHECKS}

@@ -153,9 +153,8 @@ def test_delong_test_symmetry_and_power():
 # ------------------------------------------------------------------------------------ Clopper-Pearson
 
 
-@pytest.mark.parametrize(
-    ("x", "n"), [(0, 1), (1, 1), (0, 7), (3, 7), (7, 7), (12, 861), (263, 295), (500, 1000)]
-)
+@pytest.mark.parametrize(("x", "n"), [(0, 1), (1, 1), (0, 7), (3, 7), (7, 7), (12, 861), (263, 295),
+                                      (500, 1000)])
 def test_clopper_pearson_matches_scipy_binomtest(x, n):
     ref = stats.binomtest(x, n).proportion_ci(confidence_level=0.95, method="exact")
     assert clopper_pearson(x, n) == pytest.approx((ref.low, ref.high), abs=1e-10)
@@ -170,17 +169,14 @@ def test_clopper_pearson_textbook_closed_forms(n):
     assert clopper_pearson(n, n) == pytest.approx(((alpha / 2) ** (1 / n), 1.0), abs=1e-12)
 
 
-@pytest.mark.parametrize(
-    ("x", "n", "low", "high"),
-    [
-        (263, 295, 0.8503, 0.9246),  # our model, sensitivity
-        (849, 861, 0.9758, 0.9928),  # our model, specificity
-        (289, 295, 0.9563, 0.9925),  # pathologist S.-C.H., sensitivity
-        (859, 861, 0.9916, 0.9997),  # pathologist S.-C.H., specificity
-        (159, 180, 0.8272, 0.9263),  # Hu et al., sensitivity
-        (1025, 1036, 0.9811, 0.9947),  # Hu et al., specificity
-    ],
-)
+@pytest.mark.parametrize(("x", "n", "low", "high"), [
+    (263, 295, 0.8503, 0.9246),   # our model, sensitivity
+    (849, 861, 0.9758, 0.9928),   # our model, specificity
+    (289, 295, 0.9563, 0.9925),   # pathologist S.-C.H., sensitivity
+    (859, 861, 0.9916, 0.9997),   # pathologist S.-C.H., specificity
+    (159, 180, 0.8272, 0.9263),   # Hu et al., sensitivity
+    (1025, 1036, 0.9811, 0.9947),  # Hu et al., specificity
+])
 def test_clopper_pearson_reproduces_paper_table1(x, n, low, high):
     assert clopper_pearson(x, n) == pytest.approx((low, high), abs=5e-5)
 
@@ -216,9 +212,8 @@ def test_bootstrap_mcc_ci_agrees_with_resampling_cases():
     boot = np.empty(4000)
     for b in range(boot.size):
         c = np.bincount(rng.choice(cells, cells.size), minlength=4).astype(float)
-        boot[b] = (c[0] * c[2] - c[1] * c[3]) / np.sqrt(
-            (c[0] + c[1]) * (c[0] + c[3]) * (c[2] + c[1]) * (c[2] + c[3])
-        )
+        boot[b] = (c[0] * c[2] - c[1] * c[3]) / np.sqrt((c[0] + c[1]) * (c[0] + c[3]) * (c[2] + c[1])
+                                                         * (c[2] + c[3]))
     ref = np.quantile(boot, [0.025, 0.975])
     ci = bootstrap_mcc_ci(tp, fp, tn, fn, rng=np.random.default_rng(0), n_boot=4000)
     assert ci == pytest.approx(tuple(ref), abs=0.015)
@@ -254,30 +249,14 @@ def test_threshold_metrics_undefined_ppv_is_none():
 # ------------------------------------------------------------------------------ subsets and slide level
 
 
-CATS = [
-    "negative",
-    "negative_mimic",
-    "macro",
-    "micro",
-    "itc",
-    "negative",
-    "itc",
-    "micro",
-    "negative_mimic",
-    "macro",
-]
+CATS = ["negative", "negative_mimic", "macro", "micro", "itc",
+        "negative", "itc", "micro", "negative_mimic", "macro"]
 
 
 def test_subsets_are_all_negatives_plus_one_category():
     itc = subset_mask(CATS, "itc")
     assert [c for c, keep in zip(CATS, itc, strict=True) if keep] == [
-        "negative",
-        "negative_mimic",
-        "itc",
-        "negative",
-        "itc",
-        "negative_mimic",
-    ]
+        "negative", "negative_mimic", "itc", "negative", "itc", "negative_mimic"]
     micro = subset_mask(CATS, "micro")
     assert np.flatnonzero(micro).tolist() == [0, 1, 3, 5, 7, 8]
     with pytest.raises(MetricsError, match="unknown LN categories"):
@@ -324,8 +303,7 @@ def test_evaluate_report_matches_independent_computation():
         assert ln[subset]["n_positive"] == sum(r.category == subset for r in recs)
         assert ln[subset]["n_negative"] == sum(r.category in ("negative", "negative_mimic") for r in recs)
         assert ln[subset]["auc"]["auc"] == pytest.approx(
-            roc_auc_score([r.label for r in keep], [r.score for r in keep])
-        )
+            roc_auc_score([r.label for r in keep], [r.score for r in keep]))
     slide_score: dict[str, float] = {}
     slide_label: dict[str, int] = {}
     for r in recs:
@@ -333,8 +311,7 @@ def test_evaluate_report_matches_independent_computation():
         slide_label[r.slide_id] = max(slide_label.get(r.slide_id, 0), r.label)
     keys = sorted(slide_score)
     assert report["slide"]["all"]["auc"]["auc"] == pytest.approx(
-        roc_auc_score([slide_label[k] for k in keys], [slide_score[k] for k in keys])
-    )
+        roc_auc_score([slide_label[k] for k in keys], [slide_score[k] for k in keys]))
     general = ln["all"]["thresholds"]["general"]
     assert general["threshold"] == 0.4 and ln["all"]["thresholds"]["screening"]["threshold"] == 0.15
     assert general["tp"] == int(np.sum((s >= 0.4) & (y == 1)))
@@ -343,39 +320,24 @@ def test_evaluate_report_matches_independent_computation():
 
 
 def test_evaluate_accepts_string_mappings_and_skips_tiny_subsets():
-    rows = [
-        {"slide_id": i // 2, "score": str(sc), "label": str(lb), "category": c}
-        for i, (sc, lb, c) in enumerate(
-            [
-                (0.1, 0, "negative"),
-                (0.3, 0, "negative_mimic"),
-                (0.2, 0, "negative"),
-                (0.05, 0, "negative"),
-                (0.9, 1, "macro"),
-                (0.15, 0, "negative"),
-                (0.8, 1, "macro"),
-                (0.6, 1, "micro"),
-                (0.5, 1, "micro"),
-                (0.7, 1, "itc"),
-            ]
-        )
-    ]
+    rows = [{"slide_id": i // 2, "score": str(sc), "label": str(lb), "category": c} for i, (sc, lb, c) in
+            enumerate([(0.1, 0, "negative"), (0.3, 0, "negative_mimic"), (0.2, 0, "negative"),
+                       (0.05, 0, "negative"),
+                       (0.9, 1, "macro"), (0.15, 0, "negative"), (0.8, 1, "macro"), (0.6, 1, "micro"),
+                       (0.5, 1, "micro"), (0.7, 1, "itc")])]
     report = evaluate(rows, n_boot=50)
     assert report["ln"]["itc"]["n_positive"] == 1 and "skipped" in report["ln"]["itc"]
     assert report["ln"]["micro"]["auc"]["auc"] == 1.0
     assert report["category_counts"] == {"negative": 4, "negative_mimic": 1, "macro": 2, "micro": 2, "itc": 1}
 
 
-@pytest.mark.parametrize(
-    ("rows", "match"),
-    [
-        ([], "no LN records"),
-        ([{"slide_id": "a", "score": 0.5, "label": 1}], "lacks the field"),
-        ([{"slide_id": "a", "score": 0.5, "label": 0.5, "category": "negative"}], "label must be 0 or 1"),
-        ([{"slide_id": "a", "score": "high", "label": 1, "category": "macro"}], "must be numbers"),
-        ([{"slide_id": "a", "score": 0.5, "label": 1, "category": "negative"}] * 4, "contradicting"),
-    ],
-)
+@pytest.mark.parametrize(("rows", "match"), [
+    ([], "no LN records"),
+    ([{"slide_id": "a", "score": 0.5, "label": 1}], "lacks the field"),
+    ([{"slide_id": "a", "score": 0.5, "label": 0.5, "category": "negative"}], "label must be 0 or 1"),
+    ([{"slide_id": "a", "score": "high", "label": 1, "category": "macro"}], "must be numbers"),
+    ([{"slide_id": "a", "score": 0.5, "label": 1, "category": "negative"}] * 4, "contradicting"),
+])
 def test_evaluate_rejects_bad_records(rows, match):
     with pytest.raises(MetricsError, match=match):
         evaluate(rows, n_boot=10)
@@ -384,17 +346,14 @@ def test_evaluate_rejects_bad_records(rows, match):
 # ------------------------------------------------------------------------------------- bad input errors
 
 
-@pytest.mark.parametrize(
-    ("labels", "scores", "match"),
-    [
-        ([], [], "empty"),
-        ([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], "at least 2 positive and 2 negative"),
-        ([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4], "non-finite"),
-        ([0, 1, 0], [0.1, 0.2, 0.3, 0.4], "differ in length"),
-        ([0, 1, 2, 1], [0.1, 0.2, 0.3, 0.4], "must be 0/1"),
-        ([[0, 1], [0, 1]], [[0.1, 0.2], [0.3, 0.4]], "one-dimensional"),
-    ],
-)
+@pytest.mark.parametrize(("labels", "scores", "match"), [
+    ([], [], "empty"),
+    ([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], "at least 2 positive and 2 negative"),
+    ([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4], "non-finite"),
+    ([0, 1, 0], [0.1, 0.2, 0.3, 0.4], "differ in length"),
+    ([0, 1, 2, 1], [0.1, 0.2, 0.3, 0.4], "must be 0/1"),
+    ([[0, 1], [0, 1]], [[0.1, 0.2], [0.3, 0.4]], "one-dimensional"),
+])
 def test_degenerate_input_raises_metrics_error(labels, scores, match):
     with pytest.raises(MetricsError, match=match) as info:
         delong_auc(labels, scores)
@@ -424,9 +383,8 @@ def test_plot_roc_writes_png_with_curves(tmp_path):
     y = rng.integers(0, 2, 300)
     good = y + rng.normal(scale=0.6, size=300)
     weak = y + rng.normal(scale=2.0, size=300)
-    out = plot_roc(
-        {"good": (y, good), "weak": (y, weak)}, tmp_path / "sub" / "roc.png", title="test", size_px=400
-    )
+    out = plot_roc({"good": (y, good), "weak": (y, weak)}, tmp_path / "sub" / "roc.png", title="test",
+                   size_px=400)
     img = mpimg.imread(out)
     assert img.shape[:2] == (400, 400)
     assert img[..., :3].var() > 1e-3

@@ -21,19 +21,8 @@ def test_evaluate_reproduces_the_model_cards(tmp_path: Path) -> None:
     detector, _ = resolve("detector")
     classifier, entry = resolve("classifier")
     out = tmp_path / "report"
-    argv = [
-        "evaluate",
-        str(tmp_path / "data" / "manifest.jsonl"),
-        "--split",
-        "test",
-        "--classifier",
-        f"{entry.id}={classifier}",
-        "--detector",
-        str(detector),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    argv = ["evaluate", str(tmp_path / "data" / "manifest.jsonl"), "--split", "test", "--classifier",
+            f"{entry.id}={classifier}", "--detector", str(detector), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     from lnassist.evaluate import headline

@@ -586,3 +586,4 @@ def test_polygon_area_in_base_pixels() -> None:
     assert polygon_area_base_px2(square) == 5000.0
     assert polygon_area_base_px2(square[::-1]) == 5000.0  # either orientation
     assert polygon_area_base_px2(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])) == 0.0
+

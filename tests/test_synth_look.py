@@ -121,11 +121,8 @@ def test_out_of_focus_patches_are_softer(scanned):
     blurry = replace(scanned.scanner, defocus_share=0.9)
     c = scanned.nodes[0].centre.astype(int)
     sharpness = lambda sc: cv2.Laplacian(
-        cv2.cvtColor(
-            render_region(replace(scanned, scanner=sc), int(c[0]), int(c[1]), 300, 300), cv2.COLOR_RGB2GRAY
-        ),
-        cv2.CV_64F,
-    ).var()
+        cv2.cvtColor(render_region(replace(scanned, scanner=sc), int(c[0]), int(c[1]), 300, 300),
+                     cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
     assert sharpness(blurry) < 0.7 * sharpness(s)
 
 
@@ -210,12 +207,10 @@ def test_pen_and_dust_ink_only_tissue():
 
 def test_artefacts_leave_ground_truth_and_deposits_alone():
     kinds = artefacts.KINDS + ("fold", "tear", "fold", "tear")
-    clean = L.build_layout(
-        L.LayoutConfig(14000, 14000, seed=7, categories=(MACRO, ITC), look="scanned", artefacts=())
-    )
-    marked = L.build_layout(
-        L.LayoutConfig(14000, 14000, seed=7, categories=(MACRO, ITC), look="scanned", artefacts=kinds)
-    )
+    clean = L.build_layout(L.LayoutConfig(14000, 14000, seed=7, categories=(MACRO, ITC), look="scanned",
+                                          artefacts=()))
+    marked = L.build_layout(L.LayoutConfig(14000, 14000, seed=7, categories=(MACRO, ITC), look="scanned",
+                                           artefacts=kinds))
     assert clean.artefacts == () and sorted(a.kind for a in marked.artefacts) == sorted(kinds)
     gt_clean, gt_marked = ground_truth(clean), ground_truth(marked)
     assert gt_clean["nodes"] == gt_marked["nodes"] and gt_clean["floaters"] == gt_marked["floaters"]
@@ -228,16 +223,8 @@ def test_artefacts_leave_ground_truth_and_deposits_alone():
 
 
 def test_artefacts_render_seamlessly():
-    lay = L.build_layout(
-        L.LayoutConfig(
-            14000,
-            14000,
-            seed=7,
-            categories=(MACRO, ITC),
-            look="scanned",
-            artefacts=("pen", "bubble", "chatter", "dust"),
-        )
-    )
+    lay = L.build_layout(L.LayoutConfig(14000, 14000, seed=7, categories=(MACRO, ITC), look="scanned",
+                                        artefacts=("pen", "bubble", "chatter", "dust")))
     pen = next(a for a in lay.artefacts if a.kind == "pen")
     x0, y0 = pen.polygon[len(pen.polygon) // 4].astype(int) - 300
     whole = render_region(lay, x0, y0, 600, 600)
@@ -254,10 +241,8 @@ def test_site_rates_shape_what_a_slide_gets():
     contour = geometry.ellipse(np.array([5000.0, 5000.0]), 2000, 1500, 0.3)
     counts = {}
     for site in ("A", "D"):
-        drawn = [
-            artefacts.draw(np.random.default_rng(i), None, site, (10000, 10000), 0.46, [contour], [])
-            for i in range(60)
-        ]
+        drawn = [artefacts.draw(np.random.default_rng(i), None, site, (10000, 10000), 0.46, [contour], [])
+                 for i in range(60)]
         counts[site] = sum(a.kind == "chatter" for d in drawn for a in d) / 60
     assert counts["A"] == pytest.approx(artefacts.SITE_RATES["A"]["chatter"], abs=0.15)
     assert counts["D"] == pytest.approx(artefacts.SITE_RATES["D"]["chatter"], abs=0.3)
@@ -276,22 +261,8 @@ def test_cli_and_data_set_config_choose_the_look(tmp_path):
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "one.tiff"
-    argv = [
-        "synth",
-        str(out),
-        "--width-px",
-        "3000",
-        "--height-px",
-        "3000",
-        "--site",
-        "C",
-        "--categories",
-        "negative",
-        "--tile-px",
-        "256",
-        "--look",
-        "scanned",
-    ]
+    argv = ["synth", str(out), "--width-px", "3000", "--height-px", "3000", "--site", "C",
+            "--categories", "negative", "--tile-px", "256", "--look", "scanned"]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     gt = json.loads(gt_path_for(out).read_text())

@@ -219,7 +219,9 @@ def analyse(gc: girder_client.GirderClient, folder: dict, slides: list[dict]) ->
     while True:
         result = summary(gc, folder["_id"])
         rows = {row["item_id"]: row for row in result["rows"]}
-        new = [rows[i]["analysed"] and rows[i]["annotation_id"] != before.get(i) for i in jobs if i in rows]
+        new = [
+            rows[i]["analysed"] and rows[i]["annotation_id"] != before.get(i) for i in jobs if i in rows
+        ]
         if len(new) == len(jobs) and all(new):
             return result
         if time.monotonic() > deadline:
