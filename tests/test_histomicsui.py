@@ -547,9 +547,9 @@ def test_study_table_sorts_and_runs_the_folder(browser, study: Study, tmp_path: 
     message = lambda: page.text(".g-lnassist-study-message")  # noqa: E731
     wait_until(lambda: "slide(s) done" in message(), "the batch's end in the message", 600)
     assert "LN analysis of 2 slide(s) done: 1 done, 1 skipped" in message(), message()
-    assert page.page.get_attribute(".g-lnassist-batch-job", "href").startswith("#job/")
-    jobs = [j for j in dsa.gc.get("job", parameters={"limit": 20}) if item["name"] in j.get("title", "")]
-    assert len(jobs) == 1, "one job for the new slide, none for the analysed one"
+    batch_job = page.page.get_attribute(".g-lnassist-batch-job", "href").removeprefix("#job/")
+    jobs = dsa.gc.get("job", parameters={"parentId": batch_job, "limit": 0})
+    assert [j["title"].rpartition(" on ")[2] for j in jobs] == [item["name"]], "a job for the new slide only"
     job = wait_for_job(dsa.gc, jobs[0]["_id"])
     assert job["status"] == JOB_SUCCESS, tail(job_log(job))
     result = wait_until(

@@ -172,7 +172,15 @@ def env(tmp_path_factory) -> Env:
 
 def test_settings_admin_only_validated_and_round_trip(env: Env):
     # The database outlives test runs (and other modules set the image): start from unset settings.
-    keys = ("default_mode", "thresholds", "analysis_image", "models_folder")
+    keys = (
+        "default_mode",
+        "thresholds",
+        "analysis_image",
+        "models_folder",
+        "batch_max_in_flight",
+        "batch_max_attempts",
+        "service_user",
+    )
     unset = [{"key": f"lnassist.{key}", "value": None} for key in keys]
     env.admin.put("system/setting", parameters={"list": json.dumps(unset)})
     defaults = env.admin.get("lnassist/settings")
@@ -181,6 +189,9 @@ def test_settings_admin_only_validated_and_round_trip(env: Env):
         "lnassist.thresholds": {"general": 0.4, "screening": 0.15},
         "lnassist.analysis_image": "",
         "lnassist.models_folder": "",
+        "lnassist.batch_max_in_flight": 2,
+        "lnassist.batch_max_attempts": 3,
+        "lnassist.service_user": "lnassist-service",
     }
     assert http_status(env.path.get, "lnassist/settings")[0] == 403
     assert http_status(env.anonymous.get, "lnassist/settings")[0] == 401
@@ -195,6 +206,9 @@ def test_settings_admin_only_validated_and_round_trip(env: Env):
         "lnassist.thresholds": (json.dumps({"general": 1.5, "screening": 0.1}), "threshold in [0, 1]"),
         "lnassist.analysis_image": ("Not An Image!", "Docker image name"),
         "lnassist.models_folder": ("0" * 24, "no folder with id"),
+        "lnassist.batch_max_in_flight": ("0", "whole number from 1 to 1000"),
+        "lnassist.batch_max_attempts": ("two", "whole number from 1 to 1000"),
+        "lnassist.service_user": ("not a login!", "must be a login"),
     }
     for key, (value, message) in bad.items():
         status, text = http_status(env.admin.put, "system/setting", parameters={"key": key, "value": value})
@@ -212,6 +226,9 @@ def test_settings_admin_only_validated_and_round_trip(env: Env):
         "lnassist.thresholds": {"general": 0.45, "screening": 0.1},
         "lnassist.analysis_image": "lnassist:0.1.0",
         "lnassist.models_folder": env.study["_id"],
+        "lnassist.batch_max_in_flight": 4,
+        "lnassist.batch_max_attempts": 1,
+        "lnassist.service_user": "ln-robot",
     }
     try:
         env.admin.put(

@@ -52,6 +52,7 @@ LEASE = "dispatcher"
 # upload, on another thread); a document still missing this long after is a failed attempt.
 INGEST_WAIT_S = 120
 REPORT_ROWS_IN_METADATA = 1000  # the whole report is always GET /lnassist/batch/{id}/report
+CLAIM_S = 60  # a task "starting" this long was claimed by a step that died (a start takes well under 1 s)
 CREATION_S = 120  # a batch "creating" this long lost its process mid-creation (no request takes so long)
 _ENDED_JOB = (JobStatus.SUCCESS, JobStatus.ERROR, JobStatus.CANCELED)
 _CANCELING = 824  # girder_worker's CustomJobStatus.CANCELING: the worker was asked to stop the job
@@ -178,6 +179,8 @@ def _document_stored(task: dict[str, Any], job: dict[str, Any]) -> bool:
 def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
     """Follow one in-flight task's job."""
     if task["state"] == batches.STARTING:
+        if utcnow() - task["claimed"] < timedelta(seconds=CLAIM_S):
+            return  # being started right now (by this step, or by a lease holder whose step runs long)
         # A step died between claiming the task and recording its job: find the job it may have made.
         job = Job().findOne({"lnassistTaskId": task["_id"], "created": {"$gte": task["claimed"]}})
         if job is None:
@@ -273,6 +276,8 @@ def fill(running: dict[Any, dict[str, Any]]) -> None:
     cli = None
     passed_over: list[Any] = []  # busy slides, left queued for a later step
     while in_flight < bound and running:
+        if not Lease().acquire(LEASE):  # renewed before each start: a long step keeps it or stops
+            return
         task = claim_next(list(running), passed_over)
         if task is None:
             return
