@@ -60,9 +60,10 @@ def _mask(shape, polygons, x0=0, y0=0) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("tumour_type", L.TUMOUR_TYPES)
-def test_categories_obey_size_definitions(seed, tumour_type):
+@pytest.mark.parametrize("look", L.LOOKS)
+def test_categories_obey_size_definitions(seed, tumour_type, look):
     lay = L.build_layout(
-        L.LayoutConfig(14000, 14000, seed=seed, categories=ALL_KINDS, tumour_type=tumour_type)
+        L.LayoutConfig(14000, 14000, seed=seed, categories=ALL_KINDS, tumour_type=tumour_type, look=look)
     )
     assert sorted(n.category for n in lay.nodes) == sorted(ALL_KINDS)
     micro_px, macro_px = MICRO_MIN_UM / lay.mpp, MACRO_MIN_UM / lay.mpp

@@ -25,7 +25,7 @@ from lnassist.categories import (
     category_of_extent,
     label_of,
 )
-from lnassist.synth import SynthError, artefacts, geometry, optics, sprites
+from lnassist.synth import SynthError, artefacts, geometry, optics, outline, sprites
 from lnassist.synth.section import Section, draw_section
 from lnassist.synth.stain import StainSite, get_site
 
@@ -43,9 +43,14 @@ DEFAULT_MIX = {NEGATIVE: 0.4, NEGATIVE_MIMIC: 0.15, ITC: 0.15, MICRO: 0.15, MACR
 MIN_NODE_DIAMETER_UM = {NEGATIVE: 1000.0, NEGATIVE_MIMIC: 1000.0, ITC: 1000.0, MICRO: 1400.0, MACRO: 2900.0}
 MAX_NODE_DIAMETER_UM = 8000.0
 SMALLEST_NODE_UM = 500.0  # only on canvases too small for 1 mm nodes
+MAX_NODES_SCANNED = 12
+NODE_ROOM = 1.2  # free radius kept around a node centre, in nominal radii: elongated nodes need room
+NODE_ROOM_SCANNED = 1.45  # lobes reach further out
+NODE_SEAM_UM = 3.0  # "scanned": nodes pressed together keep at least this much apart (a capsule seam)
 BUCKET_PX = 256
 # How slides look: "vector" is the original flat rendering (what the shipped models were trained on),
-# "scanned" adds chromatin and stroma texture, section thickness and the site's scanner optics.
+# "scanned" adds chromatin and stroma texture, section thickness and the site's scanner optics, and
+# draws its own anatomy: lobulated, touching nodes (outline.py), 1-12 per slide, vessels in fat and node.
 LOOKS = ("vector", "scanned")
 
 
@@ -259,8 +264,12 @@ def _draw_categories(cfg: LayoutConfig, rng: np.random.Generator) -> list[str]:
     if cfg.categories is not None:
         return list(cfg.categories)
     area_mm2 = cfg.width_px * cfg.height_px * (cfg.mpp / 1000.0) ** 2
-    max_nodes = int(np.clip(area_mm2 / 6.0, 1, 10))
-    n = cfg.n_nodes or int(rng.integers(min(3, max_nodes), max_nodes + 1))
+    if cfg.look == "scanned":  # from a single node to a dozen small ones of a fat clearance
+        max_nodes = int(np.clip(area_mm2 / 7.0, 1, MAX_NODES_SCANNED))
+        n = cfg.n_nodes or int(rng.integers(1, max_nodes + 1))
+    else:
+        max_nodes = int(np.clip(area_mm2 / 6.0, 1, 10))
+        n = cfg.n_nodes or int(rng.integers(min(3, max_nodes), max_nodes + 1))
     # Categories whose nodes cannot fit this canvas (macrometastases need >= 2.9 mm nodes) leave the mix.
     max_d_um = min(MAX_NODE_DIAMETER_UM, 0.62 * min(cfg.width_px, cfg.height_px) * cfg.mpp)
     mix = [(k, v) for k, v in cfg.mix if k not in (MICRO, MACRO) or MIN_NODE_DIAMETER_UM[k] <= max_d_um]
@@ -276,24 +285,43 @@ def _draw_categories(cfg: LayoutConfig, rng: np.random.Generator) -> list[str]:
 class _NodeFrame:
     """A node's geometry used while filling it: star-shaped radii around the centre."""
 
-    def __init__(self, rng: np.random.Generator, centre: np.ndarray, diam_px: float, mpp: float):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        centre: np.ndarray,
+        diam_px: float,
+        mpp: float,
+        neighbours: list[np.ndarray] | None = None,
+    ):
+        """``neighbours``: outlines of the nodes already built, for the "scanned" look's lobulated
+        outlines moulded against them; None keeps the "vector" look's near-ellipse."""
         self.centre = centre
         self.theta = np.linspace(0, 2 * np.pi, geometry.N_VERTICES, endpoint=False)
-        aspect = rng.uniform(1.0, 1.4)
-        self.angle = rng.uniform(0, np.pi)
+        self.scanned = neighbours is not None
         r = diam_px / 2.0
-        radii = geometry.blob_radii(
-            rng, self.theta, r * np.sqrt(aspect), r / np.sqrt(aspect), self.angle, rng.uniform(0.03, 0.08)
-        )
-        self.hilum = rng.uniform(0, 2 * np.pi)
-        dent = np.exp(-0.5 * (np.angle(np.exp(1j * (self.theta - self.hilum))) / 0.25) ** 2)
-        self.radii = radii * (1.0 - rng.uniform(0.06, 0.15) * dent)
+        if self.scanned:
+            self.hilum = rng.uniform(0, 2 * np.pi)
+            radii = outline.lobulated_radii(rng, self.theta, r, self.hilum, mpp, NODE_ROOM_SCANNED * r)
+            self.radii = outline.moulded_radii(centre, self.theta, radii, neighbours, _um(mpp, NODE_SEAM_UM))
+        else:
+            aspect = rng.uniform(1.0, 1.4)
+            angle = rng.uniform(0, np.pi)
+            radii = geometry.blob_radii(
+                rng, self.theta, r * np.sqrt(aspect), r / np.sqrt(aspect), angle, rng.uniform(0.03, 0.08)
+            )
+            self.hilum = rng.uniform(0, 2 * np.pi)
+            dent = np.exp(-0.5 * (np.angle(np.exp(1j * (self.theta - self.hilum))) / 0.25) ** 2)
+            self.radii = radii * (1.0 - rng.uniform(0.06, 0.15) * dent)
         self.contour = geometry.polygon_from_radii(centre, self.theta, self.radii)
         self.capsule_px = _um(mpp, rng.uniform(12, 30))
         self.scs_px = _um(mpp, rng.uniform(15, 35))
-        self.inner = geometry.polygon_from_radii(centre, self.theta, self.radii - self.capsule_px)
+        # A moulded side can come close to the centre: keep the inner outlines on their own side of it.
+        floor = 0.05 * self.radii if self.scanned else -np.inf
+        self.inner = geometry.polygon_from_radii(
+            centre, self.theta, np.maximum(self.radii - self.capsule_px, floor)
+        )
         self.cortex = geometry.polygon_from_radii(
-            centre, self.theta, self.radii - self.capsule_px - self.scs_px
+            centre, self.theta, np.maximum(self.radii - self.capsule_px - self.scs_px, floor)
         )
         self.mean_r = float(self.radii.mean())
         self.medulla: np.ndarray | None = None
@@ -338,11 +366,14 @@ def _anatomy(b: _Builder, rng: np.random.Generator, f: _NodeFrame, mpp: float) -
         ),
     )
     b.paint(FAT, fat, background=True)
-    b.paint(
-        STROMA,
-        geometry.polygon_from_radii(f.centre, f.theta, f.radii + _um(mpp, rng.uniform(10, 40))),
-        background=True,
-    )
+    # "scanned": the fibrous rim is thinner, and often absent, so adipocytes meet the capsule.
+    if not f.scanned or rng.random() < 0.6:
+        rim_um = rng.uniform(3, 30) if f.scanned else rng.uniform(10, 40)
+        b.paint(
+            STROMA,
+            geometry.polygon_from_radii(f.centre, f.theta, f.radii + _um(mpp, rim_um)),
+            background=True,
+        )
     for _ in range(int(rng.integers(2, 6))):
         a = rng.uniform(0, 2 * np.pi)
         start = f.point(a, f.radius_at(a))
@@ -357,6 +388,8 @@ def _anatomy(b: _Builder, rng: np.random.Generator, f: _NodeFrame, mpp: float) -
         ang = rng.uniform(0, np.pi)
         b.paint(STROMA, geometry.ellipse(c, rv * 1.35, rv * 0.9, ang), background=True)
         b.paint(VESSEL, geometry.ellipse(c, rv, rv * 0.6, ang), background=True)
+    if f.scanned:
+        _fat_vessels(b, rng, f, rim, mpp)
 
     # Node compartments.
     b.paint(CAPSULE, f.contour)
@@ -409,7 +442,49 @@ def _anatomy(b: _Builder, rng: np.random.Generator, f: _NodeFrame, mpp: float) -
             b.paint(
                 GERMINAL, geometry.ellipse(gc, d * 0.33, d * 0.33 * rng.uniform(0.75, 1.0), a + np.pi / 2)
             )
+    if f.scanned:
+        _node_vessels(b, rng, f, follicles, mpp)
     return follicles
+
+
+def _vessel(b: _Builder, rng, centre: np.ndarray, lumen_px: float, wall_px: float, background: bool) -> None:
+    """A vessel cut across: a fibrous wall around a lumen (the renderer fills lumina with red cells)."""
+    squash, ang = rng.uniform(0.45, 1.0), rng.uniform(0, np.pi)
+    b.paint(
+        STROMA,
+        geometry.ellipse(centre, lumen_px + wall_px, (lumen_px + wall_px) * squash, ang, 32),
+        background,
+    )
+    b.paint(VESSEL, geometry.ellipse(centre, lumen_px, lumen_px * squash, ang, 32), background)
+
+
+def _fat_vessels(b: _Builder, rng, f: _NodeFrame, rim_px: float, mpp: float) -> None:
+    """Arterioles, venules and capillaries scattered through the perinodal fat."""
+    for _ in range(int(rng.integers(3, 12))):
+        a = rng.uniform(0, 2 * np.pi)
+        c = f.point(a, f.radius_at(a) + rim_px * rng.uniform(0.1, 0.8))
+        lumen_px = _um(mpp, float(np.exp(rng.uniform(np.log(4), np.log(45)))))
+        # Arterioles have a muscular wall about as thick as their lumen; venules a thin one.
+        wall_px = lumen_px * (rng.uniform(0.5, 0.9) if rng.random() < 0.35 else rng.uniform(0.12, 0.25))
+        _vessel(b, rng, c, lumen_px, wall_px + _um(mpp, 1.5), background=True)
+
+
+def _node_vessels(b: _Builder, rng, f: _NodeFrame, follicles: list[np.ndarray], mpp: float) -> None:
+    """Small blood vessels of the paracortex and medulla, never inside a follicle."""
+    for _ in range(int(rng.integers(3, 12))):
+        a = rng.uniform(0, 2 * np.pi)
+        c = f.point(a, f.radius_at(a) * rng.uniform(0.2, 0.75))
+        lumen_px = _um(mpp, rng.uniform(4, 14))
+        wall_px = _um(mpp, rng.uniform(2, 5))
+        reach = lumen_px + wall_px
+        if not geometry.inside_with_margin(c[None], f.cortex, reach + 2)[0]:
+            continue
+        if any(
+            geometry.points_in_polygon(c, fol)[0] or geometry.distance_to_boundary(c, fol)[0] < reach
+            for fol in follicles
+        ):
+            continue
+        _vessel(b, rng, c, lumen_px, wall_px, background=False)
 
 
 def _sinus_histiocytes(b: _Builder, rng, f: _NodeFrame) -> Mimic:
@@ -621,6 +696,11 @@ def _place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tuple[st
     return best
 
 
+def _pair_overlap(overlap: float, cat_a: str, cat_b: str) -> float:
+    large = (MICRO, MACRO)
+    return 0.0 if cat_a in large and cat_b in large else overlap
+
+
 def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tuple[str, np.ndarray, float]]:
     w, h, mpp = cfg.width_px, cfg.height_px, cfg.mpp
     short_um = min(w, h) * mpp
@@ -630,6 +710,11 @@ def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tupl
     order = sorted(categories, key=lambda c: -MIN_NODE_DIAMETER_UM[c])
     budget = 0.3 * w * h
     gap = _um(mpp, 150)
+    # "scanned": bounding circles may overlap by up to this share of the smaller one; one node's
+    # outline is then moulded against the other's (outline.moulded_radii), so the nodes touch. Two
+    # nodes that must hold a large deposit never overlap: moulding could leave one too small for it.
+    overlap = rng.uniform(0.0, 0.9) if cfg.look == "scanned" else 0.0
+    room = NODE_ROOM_SCANNED if cfg.look == "scanned" else NODE_ROOM
     for cat in order:
         lo = MIN_NODE_DIAMETER_UM[cat]
         if cat not in (MICRO, MACRO):  # small canvases get smaller nodes
@@ -642,7 +727,7 @@ def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tupl
         d_um = float(np.exp(rng.uniform(np.log(lo), np.log(max(max_d_um, lo * 1.01)))))
         d_um = min(d_um, max(lo, np.sqrt(budget / max(len(order), 1) / np.pi) * 2 * mpp))
         while True:
-            r_px = d_um / mpp / 2 * 1.2  # elongated nodes need room
+            r_px = d_um / mpp / 2 * room
             if w > 2 * r_px and h > 2 * r_px:
                 cand = np.stack([rng.uniform(r_px, w - r_px, 600), rng.uniform(r_px, h - r_px, 600)], 1)
             else:
@@ -651,7 +736,16 @@ def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tupl
             # (the two smallest free distances small) so that later nodes still find room.
             free = np.stack(
                 [cand[:, 0] - r_px, w - r_px - cand[:, 0], cand[:, 1] - r_px, h - r_px - cand[:, 1]]
-                + [np.hypot(*(cand - pc).T) - (r_px + pd / 2 * 1.2 + gap) for _, pc, pd in placed],
+                + [
+                    np.hypot(*(cand - pc).T)
+                    - (
+                        r_px
+                        + pd / 2 * room
+                        + gap
+                        - _pair_overlap(overlap, cat, pcat) * (min(r_px, pd / 2 * room) + gap)
+                    )
+                    for pcat, pc, pd in placed
+                ],
                 1,
             )
             ok = np.flatnonzero(free.min(1) >= 0)
@@ -696,9 +790,13 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
     b = _Builder()
     nodes: list[Node] = []
     mpp = cfg.mpp
-    for node_id, (cat, centre, d_px) in enumerate(sorted(placed, key=lambda p: (p[1][1], p[1][0]))):
+    scanned = cfg.look == "scanned"
+    ordered = list(enumerate(sorted(placed, key=lambda p: (p[1][1], p[1][0]))))
+    if scanned:  # nodes with large deposits first: the others are moulded against them, never they
+        ordered.sort(key=lambda item: item[1][0] not in (MICRO, MACRO))
+    for node_id, (cat, centre, d_px) in ordered:
         nrng = np.random.default_rng([cfg.seed, 1, node_id])
-        f = _NodeFrame(nrng, centre, d_px, mpp)
+        f = _NodeFrame(nrng, centre, d_px, mpp, [n.contour for n in nodes] if scanned else None)
         _anatomy(b, nrng, f, mpp)
         node = Node(node_id, cat, centre, f.contour)
         node.mimics += _hevs(b, nrng, f, mpp, int(nrng.integers(2, 7)))
@@ -734,6 +832,7 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
         if cat in (MACRO, MICRO, ITC) and got != cat:
             raise SynthError(f"internal: node {node_id} generated as {cat} measures as {got}")
         nodes.append(node)
+    nodes.sort(key=lambda n: n.node_id)
 
     floaters = []
     frng = np.random.default_rng([cfg.seed, 2])
@@ -747,7 +846,7 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
                 floaters.append(_floater(b, frng, c, mpp))
                 break
 
-    # Scanner and section come from their own stream: the layout is the same whatever the look.
+    # Scanner and section come from their own stream, so a look's node shapes never shift them.
     srng = np.random.default_rng([cfg.seed, 3])
     ops = b.ops()
     xy = np.concatenate(b.cell_xy) if b.cell_xy else np.zeros((0, 2))

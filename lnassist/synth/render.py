@@ -2,7 +2,8 @@
 
 Model: per-pixel haematoxylin and eosin concentrations are built from the region map (polygons
 rasterised for the window plus a margin), smooth/fine textures, fat-cell membranes, background nuclei
-from coordinate-hashed grids and the layout's explicit cells; the site's Beer-Lambert stain model turns
+(and, in the "scanned" look, red cells in vessel lumina and plasma cells in medullary cords) from
+coordinate-hashed grids and the layout's explicit cells; the site's Beer-Lambert stain model turns
 them into RGB, glass is pure white. Every ingredient depends only on global coordinates, so any window
 equals the matching crop of any larger window (no seams), and no full-size array is ever needed.
 Only numpy / OpenCV are used; all state is local, so windows can be rendered from many threads.
@@ -25,6 +26,10 @@ LYMPH_GRID_PX = 11  # ~5 um: lymphocyte nuclei (~6 um) touch and overlap in the 
 SPINDLE_GRID_PX = 36
 FAT_CELL_PX = 190  # adipocytes ~ 90 um
 FIBRE_ANGLE = 0.6  # mean collagen-fibre direction (radians); warped locally
+RED_CELL_GRID_PX = 8  # red cells (~16 px across) one per 8 px cell: packed, overlapping, as in vessels
+RED_CELL_FILL = 0.9  # share of grid cells of a full lumen holding a red cell
+SINUS_MESH_PX = 24  # sinus reticulin meshes ~11 um wide
+PLASMA_GRID_PX = 20  # plasma cells ~9 um: at most one per 20 px cell, among the cords' lymphocytes
 
 # Per region: background H, background E, lymphoid nucleus probability per grid cell, nucleus bank,
 # fibroblast probability per spindle-grid cell, collagen-fibre texture strength.
@@ -67,17 +72,49 @@ class Scene:
     e_grain: float
     chromatin: float  # granular modulation of H where H is nuclear (0: flat nuclei)
     stain_blotch: float  # uneven eosin staining of fibrous tissue at the bundle scale
+    lut_e: np.ndarray  # background eosin per region
+    lut_lymph_p: np.ndarray  # lymphoid nucleus probability per grid cell, per region
+    red_cells: bool  # vessel lumina packed with red cells (else a flat eosin fill)
+    sinus_mesh: float  # eosin of the reticulin meshwork and loose content of sinuses
+    lumen_debris: float  # eosin of mucin and necrotic debris in gland lumina
+    plasma_p: float  # plasma cells per PLASMA_GRID_PX cell of the medullary cords
 
 
 # In "scanned", lymphoid tissue between nuclei is pale (real cortex is nuclei on a light background,
 # not a purple wash) and every surface has the fine granularity of fixed tissue at 20x.
 _PALE_GAPS = {L.CORTEX: 0.1, L.MANTLE: 0.11, L.GERMINAL: 0.1, L.MEDULLA: 0.1, L.TUMOUR_DIFFUSE: 0.1}
+# Lumina hold pale plasma between red cells; sinuses a few more passing lymphocytes; gland lumina
+# karyorrhectic nuclear dust in their debris.
+_SCANNED_E = {L.VESSEL: 0.12}
+_SCANNED_LYMPH_P = {L.SINUS: 0.2, L.GLAND_LUMEN: 0.12}
+
+
+def _override(lut: np.ndarray, values: dict[int, float]) -> np.ndarray:
+    return np.array([values.get(r, lut[r]) for r in range(L.N_REGIONS)], dtype=np.float32)
+
+
 SCENES = {
-    "vector": Scene(LUT_H, 1.0, LYMPH_GRID_PX, 1.0, "grain", 0.15, 0.12, 0.0, 0.0),
+    "vector": Scene(
+        LUT_H,
+        1.0,
+        LYMPH_GRID_PX,
+        1.0,
+        "grain",
+        0.15,
+        0.12,
+        0.0,
+        0.0,
+        LUT_E,
+        LUT_LYMPH_P,
+        False,
+        0.0,
+        0.0,
+        0.0,
+    ),
     # Lymphocytes one per ~6 um: distinct nuclei with pale gaps, overlapping where jitter brings
     # them together, as in real cortex (the count per mm^2 of real PCam tiles).
     "scanned": Scene(
-        np.array([_PALE_GAPS.get(r, LUT_H[r]) for r in range(L.N_REGIONS)], dtype=np.float32),
+        _override(LUT_H, _PALE_GAPS),
         0.75,
         13,
         0.9,
@@ -86,6 +123,12 @@ SCENES = {
         0.35,
         1.0,
         0.3,
+        _override(LUT_E, _SCANNED_E),
+        _override(LUT_LYMPH_P, _SCANNED_LYMPH_P),
+        True,
+        0.35,
+        0.3,
+        0.45,
     ),
 }
 CHROMATIN_H = 0.45  # H concentration above which a pixel counts as nuclear for the chromatin texture
@@ -103,8 +146,10 @@ def _texture(name: str) -> np.ndarray:
                 elif name == "grain_fine":  # granules ~0.5 um
                     _TEXTURES[name] = noise.periodic_texture(104, 1024, 0.7)
                 elif name == "grain_multi":  # granules to cell-sized mottling: fixed tissue at 20x
-                    tex = sum(a * noise.periodic_texture(105 + i, 1024, sigma) for i, (a, sigma) in
-                              enumerate(((1.0, 0.6), (0.8, 1.5), (0.6, 4.0))))
+                    tex = sum(
+                        a * noise.periodic_texture(105 + i, 1024, sigma)
+                        for i, (a, sigma) in enumerate(((1.0, 0.6), (0.8, 1.5), (0.6, 4.0)))
+                    )
                     _TEXTURES[name] = tex / tex.std()
                 else:  # collagen fibres: long along x, thin along y
                     _TEXTURES[name] = _fibre_texture(102, 1024)
@@ -188,8 +233,11 @@ def _stamp_max(
     cy: np.ndarray,
     variant: np.ndarray,
     gain: float,
+    channel: np.ndarray | None = None,
 ) -> None:
-    """target = max(target, gain * sprite) for every sprite (order-independent, vectorised), clipped."""
+    """target = max(target, gain * sprite) for every sprite (order-independent, vectorised), clipped.
+
+    ``channel``: which of the bank's maps to stamp (default its haematoxylin)."""
     if len(cx) == 0:
         return
     h, w = target.shape
@@ -197,9 +245,87 @@ def _stamp_max(
     off = np.arange(k) - k // 2
     ys = cy[:, None, None] + off[None, :, None]
     xs = cx[:, None, None] + off[None, None, :]
-    vals = bank.h[variant] * np.float32(gain) if gain != 1.0 else bank.h[variant]
+    maps = bank.h if channel is None else channel
+    vals = maps[variant] * np.float32(gain) if gain != 1.0 else maps[variant]
     ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w) & (vals > 0.01)
     np.maximum.at(target.reshape(-1), (ys * w + xs)[ok], vals[ok])
+
+
+def _hashed_centres(
+    seed: int, stream: int, grid: int, reach: int, x0: int, y0: int, w: int, h: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cx, cy, hash) of one hashed point per ``grid`` cell, for points within ``reach`` of the window."""
+    gx = np.arange((x0 - reach) // grid, (x0 + w + reach) // grid + 1, dtype=np.int64)
+    gy = np.arange((y0 - reach) // grid, (y0 + h + reach) // grid + 1, dtype=np.int64)
+    hv = noise.hash_u64(seed, stream, gx[None, :], gy[:, None]).ravel()
+    gxx = np.broadcast_to(gx[None, :], (len(gy), len(gx))).ravel()
+    gyy = np.broadcast_to(gy[:, None], (len(gy), len(gx))).ravel()
+    m16 = np.uint64(0xFFFF)
+    cx = gxx * grid + ((hv & m16).astype(np.int64) * grid >> 16)
+    cy = gyy * grid + (((hv >> np.uint64(16)) & m16).astype(np.int64) * grid >> 16)
+    keep = (cx >= x0 - reach) & (cx < x0 + w + reach) & (cy >= y0 - reach) & (cy < y0 + h + reach)
+    return cx[keep], cy[keep], hv[keep]
+
+
+def _hash_fraction(hv: np.ndarray, shift: int) -> np.ndarray:
+    """16 bits of each hash from bit ``shift``, as a uniform number in [0, 1)."""
+    return ((hv >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.float32) / np.float32(65536.0)
+
+
+def red_cells(
+    layout: L.SlideLayout, label_pad: np.ndarray, pad: int, x0: int, y0: int, w: int, h: int
+) -> np.ndarray:
+    """Eosin of the red cells in the window's vessel lumina (0 elsewhere), from hashed grid points.
+
+    Lumina are packed to different degrees (a smooth density field), HEV lumina hold a few; red cells
+    are clipped to their lumen, so none shows outside a vessel.
+    """
+    bank = sprites.banks()[sprites.RED_CELL]
+    reach = bank.size // 2
+    cx, cy, hv = _hashed_centres(layout.seed, 22, RED_CELL_GRID_PX, reach, x0, y0, w, h)
+    region = label_pad[cy - (y0 - pad), cx - (x0 - pad)]
+    fill = np.where(region == L.VESSEL, RED_CELL_FILL, np.where(region == L.HEV_LUMEN, 0.12, 0.0))
+    density = noise.value_noise(layout.seed, 23, x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad, 90)
+    fill = fill * np.clip(0.75 + 0.6 * density[cy - (y0 - pad), cx - (x0 - pad)], 0.1, 1.0)
+    acc = _hash_fraction(hv, 32) < fill
+    cx, cy, hv = cx[acc], cy[acc], hv[acc]
+    out = np.zeros((h, w), dtype=np.float32)
+    pick = (hv >> np.uint64(48)).astype(np.int64) % bank.n_variants
+    _stamp_max(out, bank, cx - x0, cy - y0, pick, 1.0, bank.e)
+    lumen = label_pad[pad : pad + h, pad : pad + w]
+    return out * ((lumen == L.VESSEL) | (lumen == L.HEV_LUMEN))
+
+
+def _plasma_cells(
+    layout: L.SlideLayout,
+    label_pad: np.ndarray,
+    pad: int,
+    x0: int,
+    y0: int,
+    w: int,
+    h: int,
+    p: float,
+    H: np.ndarray,
+    E: np.ndarray,
+) -> None:
+    """Plasma cells of the medullary cords, from hashed grid points, stamped with max into H and E."""
+    bank = sprites.banks()[sprites.PLASMA]
+    cx, cy, hv = _hashed_centres(layout.seed, 24, PLASMA_GRID_PX, bank.size // 2, x0, y0, w, h)
+    acc = (label_pad[cy - (y0 - pad), cx - (x0 - pad)] == L.MEDULLA) & (_hash_fraction(hv, 32) < p)
+    cx, cy, hv = cx[acc] - x0, cy[acc] - y0, hv[acc]
+    pick = (hv >> np.uint64(48)).astype(np.int64) % bank.n_variants
+    _stamp_max(H, bank, cx, cy, pick, 1.0)
+    _stamp_max(E, bank, cx, cy, pick, 1.0, bank.e)
+
+
+def _reticulin(seed: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """Fine meshwork in [0, 1]: the reticulin strands and loose cell debris that sinuses hold."""
+    edge = noise.lattice_upsample(
+        x0, y0, w, h, 2, lambda gx, gy: noise.worley_edge_distance(seed, 15, gx, gy, 2, SINUS_MESH_PX, 0.9)
+    )
+    strands = np.clip(np.float32(1.0) - edge * np.float32(0.7), 0.0, 1.0)
+    # Patchy: stretches of open mesh between denser, pinker loose content.
+    return strands * np.clip(np.float32(0.6) + noise.fractal_noise(seed, 16, x0, y0, w, h, 60, 3), 0.0, 1.5)
 
 
 def _hashed_nuclei(
@@ -221,19 +347,9 @@ def _hashed_nuclei(
     reach = (
         max(banks[b].size for b in (sprites.LYMPH, sprites.GC_CELL, sprites.CRUSHED, sprites.SPINDLE)) // 2
     )
-    gx = np.arange((x0 - reach) // grid, (x0 + w + reach) // grid + 1, dtype=np.int64)
-    gy = np.arange((y0 - reach) // grid, (y0 + h + reach) // grid + 1, dtype=np.int64)
-    hv = noise.hash_u64(layout.seed, stream, gx[None, :], gy[:, None]).ravel()
-    gxx = np.broadcast_to(gx[None, :], (len(gy), len(gx))).ravel()
-    gyy = np.broadcast_to(gy[:, None], (len(gy), len(gx))).ravel()
-    m16 = np.uint64(0xFFFF)
-    cx = gxx * grid + ((hv & m16).astype(np.int64) * grid >> 16)
-    cy = gyy * grid + (((hv >> np.uint64(16)) & m16).astype(np.int64) * grid >> 16)
-    keep = (cx >= x0 - reach) & (cx < x0 + w + reach) & (cy >= y0 - reach) & (cy < y0 + h + reach)
-    cx, cy, hv = cx[keep], cy[keep], hv[keep]
+    cx, cy, hv = _hashed_centres(layout.seed, stream, grid, reach, x0, y0, w, h)
     region = label_pad[cy - (y0 - pad), cx - (x0 - pad)]
-    p_accept = ((hv >> np.uint64(32)) & m16).astype(np.float32) / np.float32(65536.0)
-    acc = p_accept < lut_p[region]
+    acc = _hash_fraction(hv, 32) < lut_p[region]
     cx, cy, hv, region = cx[acc], cy[acc], hv[acc], region[acc]
     pick = (hv >> np.uint64(48)).astype(np.int64)
     if stream == 21:  # fibroblasts: oriented along the collagen
@@ -286,7 +402,7 @@ def render_concentrations(
     region = label_pad[pad : pad + h, pad : pad + w]
     scene = SCENES[layout.look]
     H = scene.lut_h[region]
-    E = LUT_E[region] * np.float32(scene.e_scale)
+    E = scene.lut_e[region] * np.float32(scene.e_scale)
     present = np.bincount(region.ravel(), minlength=L.N_REGIONS) > 0
     seed = layout.seed
     if present[L.FAT]:
@@ -301,7 +417,25 @@ def render_concentrations(
     H *= np.float32(1.0) + np.float32(scene.h_grain) * noise.texture_window(grain, x0, y0, w, h)
     E *= np.float32(1.0) + np.float32(scene.e_grain) * noise.texture_window(grain, x0 + 517, y0 + 311, w, h)
     E *= np.float32(1.0) + np.float32(0.12) * noise.value_noise(seed, 3, x0, y0, w, h, 700)
-    for grid, stream, lut_p in ((scene.lymph_grid_px, 20, LUT_LYMPH_P), (SPINDLE_GRID_PX, 21, LUT_SPINDLE_P)):
+    if scene.sinus_mesh and present[L.SINUS]:  # the mesh is costly: only over the sinuses' bounding box
+        sinus = region == L.SINUS
+        rows, cols = np.flatnonzero(sinus.any(1)), np.flatnonzero(sinus.any(0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        mesh = _reticulin(seed, x0 + int(c0), y0 + int(r0), int(c1 - c0), int(r1 - r0))
+        E[r0:r1, c0:c1] += np.float32(scene.sinus_mesh) * mesh * sinus[r0:r1, c0:c1]
+    if scene.lumen_debris and present[L.GLAND_LUMEN]:  # mucin and necrotic debris, patchy
+        debris = np.float32(1.0) + noise.value_noise(seed, 14, x0, y0, w, h, 40)
+        E += np.float32(scene.lumen_debris) * debris * (region == L.GLAND_LUMEN)
+    if scene.red_cells and (present[L.VESSEL] or present[L.HEV_LUMEN]):
+        red = red_cells(layout, label_pad, pad, x0, y0, w, h) * np.float32(scene.e_scale)
+        np.maximum(E, red, out=E, where=red > 0)  # only in lumina: elsewhere E is left exactly as is
+    # Cords just outside the window still reach into it with their cells: look in the margin too.
+    if scene.plasma_p and (label_pad == L.MEDULLA).any():
+        _plasma_cells(layout, label_pad, pad, x0, y0, w, h, scene.plasma_p, H, E)
+    for grid, stream, lut_p in (
+        (scene.lymph_grid_px, 20, scene.lut_lymph_p),
+        (SPINDLE_GRID_PX, 21, LUT_SPINDLE_P),
+    ):
         _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, grid, stream, lut_p, H, scene.nucleus_gain)
     _explicit_cells(layout, x0, y0, w, h, H, E)
     H *= np.float32(1.0) + np.float32(0.08) * noise.value_noise(seed, 4, x0, y0, w, h, 900)

@@ -20,6 +20,8 @@ N_ANGLES = 16
 # "over" banks with alpha compositing in layout order (cells with cytoplasm).
 LYMPH, GC_CELL, CRUSHED, SPINDLE = 0, 1, 2, 3
 TUMOUR, COLUMNAR, DIFFUSE, HISTIOCYTE, ENDOTHELIAL, BENIGN = 4, 5, 6, 7, 8, 9
+RED_CELL = 10  # eosin only: red blood cells of the "scanned" look (stamped into E, not H)
+PLASMA = 11  # "scanned" medullary cords: stamped with max into both H and E
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,43 @@ def _endothelial(rng, k, angle):
     return _over((h, e, a), nuc)
 
 
+def _red_cell(rng, k):
+    """Red blood cell (~7.5 um disc): eosin only, paler in the biconcave centre; some seen edge-on."""
+    xx, yy = _coords(k)
+    r = rng.uniform(7.0, 8.5)
+    ry = r * (rng.uniform(0.35, 0.55) if rng.random() < 0.2 else rng.uniform(0.8, 1.0))
+    d = _shape_distance(xx, yy, 0, 0, r, ry, rng.uniform(0, np.pi), _harmonics(rng, 0.05))
+    a = _soft(d, 0.9)
+    centre = np.clip(1.0 + d / (0.45 * ry), 0.0, 1.0)  # 1 at the rim, 0 in the central pallor
+    e = a * rng.uniform(0.75, 1.0) * (0.62 + 0.38 * centre)
+    return np.zeros_like(e), e, a
+
+
+def _plasma(rng, k):
+    """Plasma cell: oval amphophilic cell, eccentric round nucleus with clock-face chromatin clumps
+    along its membrane, and a pale Golgi zone (hof) beside the nucleus."""
+    xx, yy = _coords(k)
+    ang = rng.uniform(0, 2 * np.pi)
+    long_r, short_r = rng.uniform(8.5, 10.5), rng.uniform(6.0, 7.5)
+    d = _shape_distance(xx, yy, 0, 0, long_r, short_r, ang, _harmonics(rng, 0.06))
+    a = _soft(d, 0.9)
+    off = long_r - rng.uniform(6.0, 7.0)
+    nx, ny = np.cos(ang) * off, np.sin(ang) * off
+    hof = np.exp(-((xx + np.cos(ang) * 1.5) ** 2 + (yy + np.sin(ang) * 1.5) ** 2) / 8.0)
+    e = a * rng.uniform(0.3, 0.42) * (1.0 - 0.45 * hof)
+    h = a * rng.uniform(0.2, 0.28) * (1.0 - 0.5 * hof)
+    nr = rng.uniform(5.0, 6.2)
+    dn = np.hypot(xx - nx, yy - ny) - nr
+    an = _soft(dn) * a
+    chromatin = np.full_like(xx, 0.5)
+    n_clumps = int(rng.integers(6, 10))
+    for i, t in enumerate(np.linspace(0, 2 * np.pi, n_clumps, endpoint=False) + rng.uniform(0, 1)):
+        rho = 0.0 if i == 0 else nr * 0.68
+        cx, cy = nx + rho * np.cos(t), ny + rho * np.sin(t)
+        chromatin = np.maximum(chromatin, 1.25 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 1.6))
+    return _over((h, e, a), (chromatin * an, 0.05 * an, an))
+
+
 def _stack(items, mode, per_angle=0) -> Bank:
     hs, es, als = [], [], []
     for it in items:
@@ -370,6 +409,9 @@ def _build() -> dict[int, Bank]:
         HISTIOCYTE: _stack([_histiocyte(rng, 53) for _ in range(48)], "over"),
         ENDOTHELIAL: _stack(_oriented(rng, lambda r, a: _endothelial(r, 27, a), 2), "over", 2),
         BENIGN: _stack(_oriented(rng, lambda r, a: _columnar(r, 49, a, True), 3), "over", 3),
+        # Later banks draw from their own streams: each is what it is whatever the banks before it.
+        RED_CELL: _stack([_red_cell(np.random.default_rng([20221015, 10, i]), 19) for i in range(24)], "max"),
+        PLASMA: _stack([_plasma(np.random.default_rng([20221015, 11, i]), 25) for i in range(32)], "max"),
     }
 
 

@@ -1,0 +1,194 @@
+"""Anatomy of the "scanned" look: lobulated node outlines that are exactly the rendered nodes, one to
+twelve nodes that may touch but never overlap, vessels whose lumina hold red cells, sinuses with loose
+content and gland lumina with debris; all seamless, and the "vector" look untouched."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+from source_helpers import render_in_pieces
+
+from lnassist.categories import ITC, MACRO, MICRO, NEGATIVE, NEGATIVE_MIMIC
+from lnassist.slide import polygon_mask
+from lnassist.synth import geometry, sprites
+from lnassist.synth import layout as L
+from lnassist.synth import render as R
+
+NODE_REGIONS = (L.CAPSULE, L.SINUS, L.CORTEX, L.MANTLE, L.GERMINAL, L.MEDULLA)
+
+
+def _layout(seed: int, look: str = "scanned", size: int = 20000, **kwargs) -> L.SlideLayout:
+    return L.build_layout(L.LayoutConfig(size, size, seed=seed, look=look, **kwargs))
+
+
+def _solidity(contour: np.ndarray) -> float:
+    c = contour.astype(np.float32)
+    return cv2.contourArea(c) / cv2.contourArea(cv2.convexHull(c))
+
+
+def _mask(polygon: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    return polygon_mask(polygon, x0, y0, w, h, mpp=1.0, base_mpp=1.0)
+
+
+def _edge_crossings(a: np.ndarray, b: np.ndarray) -> int:
+    p, r = a, np.roll(a, -1, 0) - a
+    q, s = b, np.roll(b, -1, 0) - b
+    rxs = r[:, None, 0] * s[None, :, 1] - r[:, None, 1] * s[None, :, 0]
+    qp = q[None] - p[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (qp[..., 0] * s[None, :, 1] - qp[..., 1] * s[None, :, 0]) / rxs
+        u = (qp[..., 0] * r[:, None, 1] - qp[..., 1] * r[:, None, 0]) / rxs
+    return int(((t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)).sum())
+
+
+@pytest.fixture(scope="module")
+def crowded() -> L.SlideLayout:
+    # Seed 0's eight nodes include a pair pressed together (moulded outlines).
+    return _layout(0, n_nodes=8)
+
+
+def test_scanned_outlines_are_lobulated_vector_ones_near_ellipses():
+    scanned = [_solidity(n.contour) for seed in range(3) for n in _layout(seed).nodes]
+    vector = [_solidity(n.contour) for seed in range(3) for n in _layout(seed, "vector").nodes]
+    assert min(vector) > 0.985
+    assert np.median(scanned) < 0.975 and min(scanned) < 0.96
+
+
+def test_node_outline_is_exactly_the_rendered_node():
+    """Inside the ground-truth contour: never fat or glass; outside every contour: never a node
+    compartment; every deposit and tumour cell inside its node."""
+    categories = (NEGATIVE, NEGATIVE, ITC, MICRO, MACRO, NEGATIVE_MIMIC)
+    lay = _layout(8, categories=categories)
+    assert sorted(n.category for n in lay.nodes) == sorted(categories)
+    for node in lay.nodes:
+        lo = np.floor(node.contour.min(0)).astype(int) - 20
+        w, h = (np.ceil(node.contour.max(0)).astype(int) + 20 - lo).tolist()
+        x0, y0 = lo.tolist()
+        region = R._region_map(lay, x0, y0, w, h)
+        inside = _mask(node.contour, x0, y0, w, h)
+        in_any = inside.copy()
+        for other in lay.nodes:
+            if other is not node:
+                in_any |= _mask(other.contour, x0, y0, w, h)
+        assert inside.any() and not np.isin(region[inside], (L.FAT, L.GLASS)).any()
+        assert not np.isin(region[~in_any], NODE_REGIONS).any()
+        assert (region[inside] == L.CAPSULE).mean() > 0.005  # the capsule lines the outline
+        for d in node.deposits:
+            assert geometry.points_in_polygon(d.polygon, node.contour).all()
+            assert geometry.points_in_polygon(d.cells, node.contour).all()
+
+
+def test_node_count_spans_one_to_twelve():
+    def counts(size: int) -> set[int]:
+        cfg = L.LayoutConfig(size, size, seed=0, look="scanned")
+        return {len(L._draw_categories(cfg, np.random.default_rng(i))) for i in range(300)}
+
+    assert counts(20000) == set(range(1, 13))
+    assert counts(5000) == {1}
+    vector = L.LayoutConfig(20000, 20000, seed=0)
+    assert min(len(L._draw_categories(vector, np.random.default_rng(i))) for i in range(300)) >= 3
+    crowded = _layout(3, n_nodes=12)
+    assert len(crowded.nodes) == 12
+    for n in crowded.nodes:  # lobes stay on the slide
+        assert (n.contour >= 0).all() and (n.contour <= crowded.width_px).all()
+
+
+def test_touching_nodes_never_overlap(crowded):
+    nodes = crowded.nodes
+    closest = np.inf
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 :]:
+            gap_px = min(
+                geometry.distance_to_boundary(a.contour, b.contour).min(),
+                geometry.distance_to_boundary(b.contour, a.contour).min(),
+            )
+            closest = min(closest, gap_px)
+            assert _edge_crossings(a.contour, b.contour) == 0
+            assert not geometry.points_in_polygon(a.contour, b.contour).any()
+            if gap_px < 50:
+                lo = np.floor(np.minimum(a.contour.min(0), b.contour.min(0))).astype(int)
+                w, h = (np.ceil(np.maximum(a.contour.max(0), b.contour.max(0))).astype(int) - lo).tolist()
+                both = _mask(a.contour, *lo.tolist(), w, h) & _mask(b.contour, *lo.tolist(), w, h)
+                assert not both.any()
+    # pressed together: a seam of capsule a few um wide, no fat between them
+    assert closest * crowded.mpp < 2 * L.NODE_SEAM_UM + 1
+
+
+def _vessel_window(lay: L.SlideLayout, inside_node: bool) -> tuple[int, int, int, int]:
+    for op in lay.paint:
+        if op.region != L.VESSEL or op.bbox[2] - op.bbox[0] < 30:
+            continue
+        centre = op.polygon.mean(0)
+        if any(geometry.points_in_polygon(centre, n.contour)[0] for n in lay.nodes) != inside_node:
+            continue
+        x0, y0, x1, y1 = op.bbox
+        window = x0 - 10, y0 - 10, x1 - x0 + 20, y1 - y0 + 20
+        if (R._region_map(lay, *window) == L.VESSEL).mean() > 0.3:  # not hidden under later tissue
+            return window
+    raise AssertionError("no vessel")
+
+
+@pytest.mark.parametrize("inside_node", [True, False])
+def test_red_cells_fill_vessel_lumina_and_nothing_else(crowded, inside_node):
+    x0, y0, w, h = _vessel_window(crowded, inside_node)
+    pad = sprites.max_radius() + 1
+    label_pad = R._region_map(crowded, x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
+    red = R.red_cells(crowded, label_pad, pad, x0, y0, w, h)
+    lumen = label_pad[pad : pad + h, pad : pad + w] == L.VESSEL
+    assert lumen.sum() > 200
+    assert not red[~lumen].any()
+    assert (red[lumen] > 0.3).mean() > 0.3  # packed, not a few stray cells
+    # the rendered lumen shows the red cells: its eosin follows them (pale plasma between them)
+    E = R.render_concentrations(crowded, x0, y0, w, h)[1]
+    assert np.corrcoef(E[lumen], red[lumen])[0, 1] > 0.6
+    whole, stitched = render_in_pieces(crowded, x0 + w // 2 - 350, y0 + h // 2 - 295)
+    assert np.array_equal(whole, stitched)
+
+
+def test_sinus_mesh_and_lumen_debris_add_eosin_only_there(monkeypatch):
+    lay = _layout(1, size=14000, categories=(MACRO,), tumour_type="intestinal")
+    node = lay.nodes[0]
+    assert node.deposits[0].kind == "glandular"
+    gland_x0, gland_y0 = (node.deposits[0].polygon.mean(0) - 400).astype(int).tolist()
+    sinus_x0, sinus_y0 = (node.contour[0] - 200).astype(int).tolist()  # across the capsule
+    bare = replace(R.SCENES["scanned"], sinus_mesh=0.0, lumen_debris=0.0)
+    for where, (x0, y0, size) in (
+        (L.GLAND_LUMEN, (gland_x0, gland_y0, 800)),
+        (L.SINUS, (sinus_x0, sinus_y0, 400)),
+    ):
+        _, E, region = R.render_concentrations(lay, x0, y0, size, size)
+        with monkeypatch.context() as m:
+            m.setitem(R.SCENES, "scanned", bare)
+            E_bare = R.render_concentrations(lay, x0, y0, size, size)[1]
+        added = E - E_bare
+        assert (region == where).sum() > 500
+        covered = (added[region == where] > 0.05).mean()
+        # debris fills a lumen; reticulin is a mesh of strands with open space between them
+        assert covered > 0.8 if where == L.GLAND_LUMEN else 0.05 < covered < 0.6
+        assert not added[~np.isin(region, (L.GLAND_LUMEN, L.SINUS))].any()
+
+
+def test_plasma_cells_populate_the_medullary_cords_only(monkeypatch):
+    lay = _layout(1, size=14000, categories=(NEGATIVE,))
+    medulla = next(op for op in lay.paint if op.region == L.MEDULLA)
+    x0, y0 = (medulla.polygon.mean(0) - 200).astype(int).tolist()
+    H, E, region = R.render_concentrations(lay, x0, y0, 400, 400)
+    monkeypatch.setitem(R.SCENES, "scanned", replace(R.SCENES["scanned"], plasma_p=0.0))
+    H_bare, E_bare, _ = R.render_concentrations(lay, x0, y0, 400, 400)
+    cords = region == L.MEDULLA
+    assert cords.mean() > 0.5
+    more_eosin = (E - E_bare) > 0.05
+    # about plasma_p cells per 20 px cell, each ~15 px across: a good share of the cords, not all
+    assert 0.1 < more_eosin[cords].mean() < 0.7
+    # no plasma cell away from the cords (13 px: a cell's half-size; the window's rim may hold cells
+    # whose centres lie in cords outside the window)
+    far = cv2.dilate(cords.astype(np.uint8), np.ones((27, 27), np.uint8)) == 0
+    far[:13] = far[-13:] = far[:, :13] = far[:, -13:] = False
+    assert far.sum() > 1000
+    assert not (E - E_bare)[far].any() and not (H - H_bare)[far].any()
+    edge_x0, edge_y0 = medulla.polygon[0].astype(int).tolist()
+    whole, stitched = render_in_pieces(lay, edge_x0 - 350, edge_y0 - 295)
+    assert np.array_equal(whole, stitched)
