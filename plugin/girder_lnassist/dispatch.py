@@ -144,6 +144,12 @@ def _set(task: dict[str, Any], expected_state: str, **fields: Any) -> bool:
     return result.modified_count == 1
 
 
+def _running(task: dict[str, Any], job: dict[str, Any], started: Any) -> None:
+    """A started task: its job recorded, one more attempt counted."""
+    _set(task, batches.STARTING, state=batches.RUNNING, jobId=job["_id"], attempts=task["attempts"] + 1,
+         started=started, ended=None)  # fmt: skip
+
+
 def _attempt_failed(task: dict[str, Any], message: str) -> None:
     """A failed try: queued again at the back while tries are left, else failed with ``message``."""
     attempts = Setting().get(settings.BATCH_ATTEMPTS)
@@ -186,14 +192,7 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
         if job is None:
             _set(task, batches.STARTING, state=batches.QUEUED)
             return
-        _set(
-            task,
-            batches.STARTING,
-            state=batches.RUNNING,
-            jobId=job["_id"],
-            attempts=task["attempts"] + 1,
-            started=job["created"],
-        )
+        _running(task, job, started=job["created"])
     job = Job().load(task["jobId"], force=True, includeLog=True)
     if job is None:
         _attempt_failed(task, f"its job {task['jobId']} was deleted")
@@ -247,15 +246,7 @@ def start_task(task: dict[str, Any], batch: dict[str, Any], cli: Any) -> None:
         job = launch.launch_in_background(cli, params, run_as)
     finally:
         _launching.task = None
-    _set(
-        task,
-        batches.STARTING,
-        state=batches.RUNNING,
-        jobId=job["_id"],
-        attempts=task["attempts"] + 1,
-        started=utcnow(),
-        ended=None,
-    )
+    _running(task, job, started=utcnow())
 
 
 def claim_next(batch_ids: list[Any], passed_over: list[Any]) -> dict[str, Any] | None:

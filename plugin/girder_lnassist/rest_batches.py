@@ -26,6 +26,8 @@ from .batches import Batch
 from .lease import utcnow
 from .schedules import Schedule
 
+MODE_HELP = "screening or general (default: each slide's folder default)."
+
 
 def _folder_of(batch: dict[str, Any], user: dict[str, Any], level: int) -> dict[str, Any]:
     folder = Folder().load(batch["folderId"], force=True)
@@ -53,12 +55,7 @@ def _schedule_params(description: Description, required: bool) -> Description:
             dataType="integer",
             required=False,
         )
-        .param(
-            "mode",
-            "screening or general (default: each slide's folder default).",
-            required=False,
-            enum=list(constants.MODES),
-        )
+        .param("mode", MODE_HELP, required=False, enum=list(constants.MODES))
         .param(
             "recursive",
             "Include subfolders.",
@@ -129,12 +126,7 @@ class BatchRoutes:
             default=False,
             required=False,
         )
-        .param(
-            "mode",
-            "screening or general (default: each slide's folder default).",
-            required=False,
-            enum=list(constants.MODES),
-        )
+        .param("mode", MODE_HELP, required=False, enum=list(constants.MODES))
         .param(
             "name",
             "Only slides whose names match this shell-style pattern (e.g. '*.svs'; case-insensitive).",
@@ -269,12 +261,7 @@ class BatchRoutes:
         )
         .modelParam("id", "The folder.", model=Folder, level=AccessType.ADMIN)
         .param("enabled", "On or off.", dataType="boolean")
-        .param(
-            "mode",
-            "screening or general (default: each slide's folder default).",
-            required=False,
-            enum=list(constants.MODES),
-        )
+        .param("mode", MODE_HELP, required=False, enum=list(constants.MODES))
         .errorResponse("A bad mode; the service user is an admin.", 400)
         .errorResponse("Admin access was denied on the folder.", 403)
     )
