@@ -42,7 +42,7 @@ from girder_large_image_annotation.models.annotation import Annotation
 
 from lnassist import dsa, registry
 
-from . import autorun, batches, documents, launch, schedules, settings, supersede
+from . import autorun, batches, documents, launch, queries, schedules, settings, supersede
 from .batches import Batch, BatchTask
 from .lease import Lease, utcnow
 
@@ -51,6 +51,7 @@ LEASE = "dispatcher"
 # SUCCESS can come before HistomicsUI has stored the job's annotation (it ingests the outputs after the
 # upload, on another thread); a document still missing this long after is a failed attempt.
 INGEST_WAIT_S = 120
+LOG_WAIT_S = 10  # log lines can reach Girder after the job's status
 REPORT_ROWS_IN_METADATA = 1000  # the whole report is always GET /lnassist/batch/{id}/report
 CLAIM_S = 60  # a task "starting" this long was claimed by a step that died (a start takes well under 1 s)
 CREATION_S = 120  # a batch "creating" this long lost its process mid-creation (no request takes so long)
@@ -94,8 +95,6 @@ def current_models() -> dict[str, str] | None:
 
 
 def _current_ln_document(item_id: Any) -> dict[str, Any] | None:
-    from . import queries
-
     docs = Annotation().collection.find(
         queries.documents_query([item_id]),
         projection={"_id": True, "created": True, "updated": True, "annotation.attributes": True},
@@ -207,6 +206,9 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
         elif utcnow() - job["updated"] > timedelta(seconds=INGEST_WAIT_S):
             _attempt_failed(task, "the job succeeded but its LN annotation was never stored")
     elif job["status"] == JobStatus.ERROR:
+        log = "".join(job.get("log") or [])
+        if not _CLI_ERROR.search(log) and utcnow() - job["updated"] < timedelta(seconds=LOG_WAIT_S):
+            return  # the worker may still be sending the container's output, with the CLI's message
         _attempt_failed(task, error_line(job))
     elif job["status"] == JobStatus.CANCELED:
         if batch["status"] == batches.BATCH_CANCELED:

@@ -23,6 +23,14 @@ function errorText(xhr) {
     return (xhr && xhr.responseJSON && xhr.responseJSON.message) || (xhr && xhr.statusText) || 'no answer';
 }
 
+function logLines(text) {
+    return text.split('\n').map((l) => l.trim()).filter((l) => l);
+}
+
+function isCliError(line) {
+    return /^[A-Za-z]+: error: /.test(line);
+}
+
 const LnPanel = Panel.extend({
     events: _.extend({}, Panel.prototype.events, {
         'click .h-lnassist-run': '_run',
@@ -159,10 +167,10 @@ const LnPanel = Panel.extend({
             this._refreshSoon();
         } else if (job.status === JobStatus.ERROR || job.status === JobStatus.CANCELED) {
             restRequest({url: `job/${job._id}`, error: null}).done((full) => {
-                const lines = (full.log || []).join('').split('\n').map((l) => l.trim()).filter((l) => l);
-                // The CLI's own one-line message ("LNAnalysis: error: ..."), not the worker's traceback.
-                const cliError = _.last(lines.filter((l) => /^[A-Za-z]+: error: /.test(l)));
-                this.job.log = cliError || _.last(lines) || '';
+                const lines = logLines((full.log || []).join(''));
+                if (!this.job.cliError) {
+                    this._showLog(lines);
+                }
                 this.render();
             });
         }
@@ -173,11 +181,25 @@ const LnPanel = Panel.extend({
         if (!this.job || !evt.data || evt.data._id !== this.job.id || !evt.data.text) {
             return;
         }
-        const lines = evt.data.text.split('\n').map((l) => l.trim()).filter((l) => l);
-        if (lines.length) {
-            this.job.log = lines[lines.length - 1];
-            this.$('.h-lnassist-job-log').text(this.job.log);
+        // Log lines can arrive after the job's end: the CLI's own message, once seen, stays, and the
+        // worker's traceback after an end does not replace what the panel says.
+        const ended = [JobStatus.ERROR, JobStatus.CANCELED, JobStatus.SUCCESS].includes(this.job.status);
+        const lines = logLines(evt.data.text);
+        if (lines.length && !this.job.cliError && (!ended || lines.some(isCliError))) {
+            this._showLog(lines);
+            if (ended) {
+                this.render(); // the failure message quotes the log
+            } else {
+                this.$('.h-lnassist-job-log').text(this.job.log);
+            }
         }
+    },
+
+    // The CLI's own one-line message ("LNAnalysis: error: ...") when there is one, else the last line.
+    _showLog(lines) {
+        const cliError = _.last(lines.filter(isCliError));
+        this.job.cliError = Boolean(cliError);
+        this.job.log = cliError || _.last(lines) || this.job.log || '';
     },
 
     _onAnnotationEvent(evt) {
