@@ -56,12 +56,18 @@ def check_kinds(kinds: tuple[str, ...]) -> None:
         raise SynthError(f"unknown artefacts {bad}; known: {', '.join(KINDS)}")
 
 
-def _clear_of(polygon: np.ndarray, keep_out: list[np.ndarray], margin_px: float) -> bool:
-    """No vertex of ``polygon`` near a keep-out polygon (and none of theirs inside it)."""
+def _clear_of(polygon: np.ndarray, keep_out: list[np.ndarray], cells: np.ndarray, margin_px: float) -> bool:
+    """No vertex of ``polygon`` near a keep-out polygon (and none of theirs inside it), and no keep-out
+    cell centre inside it or within ``margin_px`` of its edge."""
     for k in keep_out:
         if geometry.points_in_polygon(polygon, k).any() or geometry.points_in_polygon(k, polygon).any():
             return False
         if np.abs(geometry.distance_to_boundary(polygon, k)).min() < margin_px:
+            return False
+    if len(cells):
+        if geometry.points_in_polygon(cells, polygon).any():
+            return False
+        if np.abs(geometry.distance_to_boundary(cells, polygon)).min() < margin_px:
             return False
     return True
 
@@ -74,11 +80,14 @@ def draw(
     mpp: float,
     nodes: list[np.ndarray],
     keep_out: list[np.ndarray],
+    keep_out_cells: np.ndarray,
 ) -> tuple[Artefact, ...]:
     """One slide's artefacts: ``kinds`` each once, or (None) Poisson counts at the site's rates.
 
     ``nodes`` are node contours (folds, tears and bubbles go through tissue), ``keep_out`` the deposit
-    and mimic polygons that artefacts must leave visible."""
+    and mimic polygons and ``keep_out_cells`` the (N, 2) centres of scattered mimic cells that
+    artefacts must leave visible (scattered cells one by one: a hull of sinus histiocytes spread
+    through the sinuses covers the whole node, and no fold would ever fit)."""
     if kinds is None:
         counts = {k: int(rng.poisson(r)) for k, r in SITE_RATES[site].items()}
     else:
@@ -91,7 +100,7 @@ def draw(
             for attempt in range(60):  # shorter each 10 tries, until one fits clear of the keep-out
                 art = _one(rng, kind, size_px, um, nodes, 0.6 ** (attempt // 10))
                 # Pen and chatter only tint or band what is under them; folds and tears would hide it.
-                if kind not in ("fold", "tear") or _clear_of(art.polygon, keep_out, um(30)):
+                if kind not in ("fold", "tear") or _clear_of(art.polygon, keep_out, keep_out_cells, um(30)):
                     out.append(art)
                     break
     return tuple(out)

@@ -763,11 +763,12 @@ def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tupl
 def _artefacts(cfg: LayoutConfig, nodes: list[Node], floaters: list[Mimic]) -> tuple[artefacts.Artefact, ...]:
     """The slide's artefacts (own random stream), clear of every deposit and mimic."""
     keep_out = [d.polygon for n in nodes for d in n.deposits]
+    cells = [np.zeros((0, 2))]
     for m in [m for n in nodes for m in n.mimics] + floaters:
         if m.polygon is not None:
             keep_out.append(m.polygon)
         elif len(m.cells):
-            keep_out.append(geometry.disks_hull(m.cells, CELL_BODY_RADIUS_PX))
+            cells.append(m.cells)
     return artefacts.draw(
         np.random.default_rng([cfg.seed, 4]),
         cfg.artefacts,
@@ -776,6 +777,7 @@ def _artefacts(cfg: LayoutConfig, nodes: list[Node], floaters: list[Mimic]) -> t
         cfg.mpp,
         [n.contour for n in nodes],
         keep_out,
+        np.concatenate(cells).astype(float),
     )
 
 
