@@ -23,6 +23,28 @@ function errorText(xhr) {
     return (xhr && xhr.responseJSON && xhr.responseJSON.message) || (xhr && xhr.statusText) || 'no answer';
 }
 
+// large_image's viewer (1.35.6) sets image-overlay layers back to the element's opacity whenever it
+// restyles an annotation: while drawing one (its geojson is read after the overlay layer may already
+// exist), on highlight and hide, and on a global opacity change. Each of those is made to announce
+// itself, so the panel's slider is applied again after it, whatever the order.
+const OVERLAY_OPACITY_RESETS = ['_mutateFeaturePropertiesForHighlight', 'setGlobalAnnotationOpacity'];
+
+function announceOverlayOpacityResets(viewerWidget) {
+    OVERLAY_OPACITY_RESETS.forEach((name) => {
+        const original = viewerWidget[name];
+        if (typeof original !== 'function' || original.lnassistAnnounces) {
+            return;
+        }
+        const announcing = function (...args) {
+            const result = original.apply(this, args);
+            this.trigger('h:lnassist:overlayOpacityReset');
+            return result;
+        };
+        announcing.lnassistAnnounces = true;
+        viewerWidget[name] = announcing;
+    });
+}
+
 function logLines(text) {
     return text.split('\n').map((l) => l.trim()).filter((l) => l);
 }
@@ -82,7 +104,9 @@ const LnPanel = Panel.extend({
         }
         this.viewerWidget = viewerWidget;
         if (viewerWidget) {
-            this.listenTo(viewerWidget, 'g:drawOverlayAnnotation', () => this._applyHeatmapOpacity());
+            announceOverlayOpacityResets(viewerWidget);
+            this.listenTo(viewerWidget, 'g:drawOverlayAnnotation h:lnassist:overlayOpacityReset',
+                () => this._applyHeatmapOpacity());
             this.listenTo(viewerWidget, 'g:mouseClickAnnotation', this._clickOutline);
         }
         return this;
