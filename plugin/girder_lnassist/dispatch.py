@@ -192,7 +192,7 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
             _set(task, batches.STARTING, state=batches.QUEUED)
             return
         _running(task, job, started=job["created"])
-    job = Job().load(task["jobId"], force=True, includeLog=True)
+    job = Job().load(task["jobId"], force=True, includeLog=False)  # every second: the log only on an error
     if job is None:
         _attempt_failed(task, f"its job {task['jobId']} was deleted")
         return
@@ -206,6 +206,7 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
         elif utcnow() - job["updated"] > timedelta(seconds=INGEST_WAIT_S):
             _attempt_failed(task, "the job succeeded but its LN annotation was never stored")
     elif job["status"] == JobStatus.ERROR:
+        job = Job().load(job["_id"], force=True, includeLog=True)
         log = "".join(job.get("log") or [])
         if not _CLI_ERROR.search(log) and utcnow() - job["updated"] < timedelta(seconds=LOG_WAIT_S):
             return  # the worker may still be sending the container's output, with the CLI's message
