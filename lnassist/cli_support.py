@@ -127,11 +127,30 @@ def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
         mode=getattr(args, "mode", "general"),
         threshold=None if threshold < 0 else threshold,
         detector=getattr(args, "detector", "") or None,
-        classifier=getattr(args, "classifier", "") or None,
+        classifier=local_model(args, getattr(args, "classifier", "") or None),
         base_mpp=None if mpp < 0 else mpp,
         region_base_px=tuple(getattr(args, "analysisRegion", WHOLE_SLIDE)),
         device=resolve_device(args.device),
     )
+
+
+def job_client(args: argparse.Namespace) -> Any:
+    """A girder-client session with the job's token (filled in by the server)."""
+    from lnassist.collect import connect
+
+    return connect(args.girderApiUrl, token=args.girderToken)
+
+
+def local_model(args: argparse.Namespace, model: str | None, kind: str = "classifier") -> str | None:
+    """A model parameter as :func:`lnassist.registry.resolve` takes it: a Girder version
+    (``girder:<item id>``, the promoted one the server passes) is fetched with the job's token, its
+    sha256 checked, and cached; anything else (a registry id, a path, None) is returned as it is."""
+    from lnassist import versions
+
+    item_id = versions.parse_ref(model)
+    if item_id is None:
+        return model
+    return str(versions.fetch(job_client(args), item_id, kind))
 
 
 # ------------------------------------------------------------------------------------------ progress

@@ -12,7 +12,8 @@ from __future__ import annotations
 CLI_ANALYSIS = "LNAnalysis"
 CLI_DETECT = "LNDetect"
 CLI_CLASSIFY = "LNClassify"
-CLI_NAMES = (CLI_ANALYSIS, CLI_DETECT, CLI_CLASSIFY)
+CLI_RETRAIN = "LNRetrain"
+CLI_NAMES = (CLI_ANALYSIS, CLI_DETECT, CLI_CLASSIFY, CLI_RETRAIN)
 # Their output parameters (cli/*/*.xml): the server names, uploads and ingests the outputs by these.
 OUTPUT_ANNOTATION = "outputAnnotationFile"
 OUTPUT_HEATMAP_ANNOTATION = "outputHeatmapAnnotationFile"

@@ -109,6 +109,12 @@ def resolve(kind: str, model: str | None = None, folder: str | Path | None = Non
     the registry's default of ``kind``. Registry files must match their sha256."""
     if model is not None and (model.endswith(".pt") or os.sep in model) and Path(model).exists():
         path = Path(model)
+        sidecar = path.with_suffix(".json")  # written by lnassist.versions.fetch for a Girder version
+        if sidecar.is_file():
+            entry = ModelEntry(**json.loads(sidecar.read_text()))
+            if entry.kind != kind or sha256_of(path) != entry.sha256:
+                raise RegistryError(f"{path} is not the {kind} its {sidecar.name} describes (kind or sha256)")
+            return path, entry
         return path, ModelEntry(
             id=path.stem, kind=kind, file=str(path), sha256=sha256_of(path), version="local"
         )

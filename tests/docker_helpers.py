@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ENV_SCRIPT = REPO / "tools" / "docker_env.sh"
 IMAGE = os.environ.get("LNASSIST_TEST_IMAGE", "lnassist:test")
-NAMES = ("LNAnalysis", "LNDetect", "LNClassify")
+NAMES = ("LNAnalysis", "LNDetect", "LNClassify", "LNRetrain")
 BUILD_TIMEOUT_S = 2700
 
 

@@ -130,7 +130,7 @@ def local_run(slide: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory
 
 
 @docker_test
-def test_admin_registers_the_image_and_gets_the_three_clis(dsa: Dsa) -> None:
+def test_admin_registers_the_image_and_gets_every_cli(dsa: Dsa) -> None:
     assert set(dsa.clis) == set(NAMES)
     for name, cli_id in dsa.clis.items():
         xml = dsa.gc.get(f"slicer_cli_web/cli/{cli_id}/xml", jsonResp=False).text

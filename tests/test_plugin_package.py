@@ -88,7 +88,7 @@ def test_wheel_ships_the_web_client(tmp_path: Path):
 def test_plugin_and_contract_modules_import_without_torch():
     code = (
         "import json, sys\n"
-        "import girder_lnassist, lnassist.dsa, lnassist.constants, lnassist.registry\n"
+        "import girder_lnassist, lnassist.dsa, lnassist.constants, lnassist.registry, lnassist.versions\n"
         "print(json.dumps({'file': girder_lnassist.__file__, 'modules': sorted(sys.modules)}))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGIN), str(REPO)])}

@@ -38,7 +38,7 @@ from lnassist.synth.generate import write_slide
 from lnassist.synth.layout import LayoutConfig
 
 CLI_DIR = Path(__file__).resolve().parent.parent / "cli"
-NAMES = ("LNAnalysis", "LNDetect", "LNClassify")
+NAMES = ("LNAnalysis", "LNDetect", "LNClassify", "LNRetrain")
 SCORE = 0.3  # every LN's score: positive in screening mode (0.15), negative in general mode (0.4)
 TOKEN = "job-token-6f1d2c"
 GIRDER = ["--api-url", "http://127.0.0.1:9/api/v1", "--girder-token", TOKEN]
@@ -149,11 +149,14 @@ def test_xml_is_printed_alone_and_parses_with_slicer_cli_web(
         index_params, opt_params, simple_outputs = get_cli_parameters(clim)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert clim.category == "lnassist" and clim.version == __version__ and clim.license
-    assert [(p.name, p.typ) for p in index_params][0] == ("inputImageFile", "image")
     assert simple_outputs == []
     params = {p.name: p for p in index_params + opt_params}
     outputs = [p for p in params.values() if p.channel == "output"]
-    assert outputs and all(p.longflag and p.reference == "inputImageFile" for p in outputs)
+    if name == "LNRetrain":  # no slide: it reads and writes Girder folders through the job's token
+        assert index_params == [] and outputs == []
+    else:
+        assert [(p.name, p.typ) for p in index_params][0] == ("inputImageFile", "image")
+        assert outputs and all(p.longflag and p.reference == "inputImageFile" for p in outputs)
     for p in outputs:
         if p.name.endswith("AnnotationFile"):
             assert p.typ == "file" and p.fileExtensions == [".anot"]
@@ -172,7 +175,7 @@ def test_xml_is_printed_alone_and_parses_with_slicer_cli_web(
         text=True,
         check=True,
     ).stdout
-    assert "inputImageFile" in help_text and clim.title in help_text
+    assert clim.title in help_text and all(p.name in help_text for p in index_params)
 
 
 # --------------------------------------------------------------------------------------- CLI runs

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "lnassist.commands.detector",
     "lnassist.commands.training",
     "lnassist.commands.evaluate",
+    "lnassist.commands.collect",
     "lnassist.commands.models",
     "lnassist.commands.analyze",
     "lnassist.commands.demo",

@@ -30,7 +30,7 @@ from typing import Any
 import cherrypy
 from girder import events, logger
 from girder.constants import AccessType
-from girder.exceptions import RestException
+from girder.exceptions import AccessException, RestException
 from girder.models.file import File
 from girder.models.folder import Folder
 from girder.models.item import Item
@@ -42,7 +42,7 @@ from girder_large_image_annotation.models.annotation import Annotation
 
 from lnassist import dsa, registry
 
-from . import autorun, batches, documents, launch, queries, schedules, settings, supersede
+from . import autorun, batches, documents, launch, model_versions, queries, schedules, settings, supersede
 from .batches import Batch, BatchTask
 from .lease import Lease, utcnow
 
@@ -85,13 +85,18 @@ def error_line(job: dict[str, Any]) -> str:
 
 
 def current_models() -> dict[str, str] | None:
-    """{kind: sha256} of the models an analysis uses now (the registry's defaults); None when the
-    registry cannot be read here (then any AI result counts as current)."""
+    """{kind: sha256} of the models an analysis uses now (the registry's defaults, the promoted
+    classifier version); None when the registry cannot be read here (then any AI result counts as
+    current)."""
     try:
         found = registry.load_registry()
-        return {kind: found.entry(kind).sha256 for kind in registry.KINDS}
+        wanted = {kind: found.entry(kind).sha256 for kind in registry.KINDS}
     except registry.RegistryError:
         return None
+    classifier = model_versions.in_use()
+    if classifier is not None:
+        wanted["classifier"] = classifier["sha256"]
+    return wanted
 
 
 def _current_ln_document(item_id: Any) -> dict[str, Any] | None:
@@ -243,7 +248,12 @@ def start_task(task: dict[str, Any], batch: dict[str, Any], cli: Any) -> None:
         return
     mode = batch["mode"] or settings.default_mode(folder)
     threshold = Setting().get(settings.THRESHOLDS)[mode]
-    params = launch.job_parameters(item, mode, threshold, launch.run_stamp())
+    try:
+        classifier = model_versions.classifier_parameter(run_as)
+    except AccessException as exc:
+        _set(task, batches.STARTING, state=batches.FAILED, ended=utcnow(), reason=str(exc))
+        return
+    params = launch.job_parameters(item, mode, threshold, launch.run_stamp(), classifier)
     _launching.task = task
     try:
         job = launch.launch_in_background(cli, params, run_as)
@@ -285,7 +295,7 @@ def fill(running: dict[Any, dict[str, Any]]) -> None:
             _set(task, batches.STARTING, state=batches.SKIPPED, reason=reason, ended=utcnow())
             continue
         try:
-            cli = cli or launch.analysis_cli(Setting().get(settings.ANALYSIS_IMAGE), None)
+            cli = cli or launch.image_cli(Setting().get(settings.ANALYSIS_IMAGE), None)
             start_task(task, batch, cli)
         except RestException as exc:  # nothing to run with (no image configured): the slide waits
             _set(task, batches.STARTING, state=batches.QUEUED)

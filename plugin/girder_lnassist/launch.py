@@ -27,9 +27,10 @@ OUTPUTS = {
 }
 
 
-def analysis_cli(image: str, user: dict[str, Any] | None) -> Any:
-    """The LNAnalysis CLI of ``image`` that ``user`` can see (any, without a user: the dispatcher's
-    batches were allowed when they were made), or a 400 saying what an admin must do."""
+def image_cli(image: str, user: dict[str, Any] | None, name: str = dsa.CLI_ANALYSIS) -> Any:
+    """The CLI ``name`` (LNAnalysis unless said) of ``image`` that ``user`` can see (any, without a
+    user: the dispatcher's batches were allowed when they were made), or a 400 saying what an admin
+    must do."""
     from slicer_cli_web.models import CLIItem
 
     if not image:
@@ -39,10 +40,10 @@ def analysis_cli(image: str, user: dict[str, Any] | None) -> Any:
             400,
         )
     for cli in CLIItem.findAllItems(user):
-        if cli.image == image and cli.name == dsa.CLI_ANALYSIS:
+        if cli.image == image and cli.name == name:
             return cli
     raise RestException(
-        f"no {dsa.CLI_ANALYSIS} CLI of image {image!r} is registered (PUT /slicer_cli_web/docker_image)", 400
+        f"no {name} CLI of image {image!r} is registered (PUT /slicer_cli_web/docker_image)", 400
     )
 
 
@@ -71,8 +72,11 @@ def is_output_name(name: str) -> bool:
     )
 
 
-def job_parameters(item: dict[str, Any], mode: str, threshold: float | None, stamp: str) -> dict[str, Any]:
-    """The REST form slicer_cli_web's handler takes: the slide, the run's options, every output named
+def job_parameters(
+    item: dict[str, Any], mode: str, threshold: float | None, stamp: str, classifier: str = ""
+) -> dict[str, Any]:
+    """The REST form slicer_cli_web's handler takes: the slide, the run's options, the classifier
+    (``girder:<item id>`` of the promoted version; empty: the image's default), every output named
     ``<slide>-lnassist-<stamp>-<output>.<ext>`` in the slide's folder; the Girder parameters empty (the
     handler fills in the API URL and the job's token)."""
     if mode not in constants.MODES:
@@ -86,7 +90,7 @@ def job_parameters(item: dict[str, Any], mode: str, threshold: float | None, sta
         "analysisRegion": json.dumps(list(constants.WHOLE_SLIDE)),
         "mpp": -1,
         "detector": "",
-        "classifier": "",
+        "classifier": classifier,
         "device": "auto",
         "threads": 0,
         "girderApiUrl": "",

@@ -24,8 +24,9 @@ from girder_large_image_annotation.models.annotation import Annotation
 
 from lnassist import constants, dsa
 
-from . import documents, job_outputs, launch, queries, review, settings, store
+from . import documents, job_outputs, launch, model_versions, queries, review, settings, store
 from .rest_batches import BatchRoutes
+from .rest_models import ModelRoutes
 
 CSV_COLUMNS = (
     "item_id",
@@ -130,7 +131,7 @@ def viewer_view(item: dict[str, Any], user: dict[str, Any], threshold: float | N
     else:
         try:
             launch.check_slide(item)
-            launch.analysis_cli(settings.current()[settings.ANALYSIS_IMAGE], user)
+            launch.image_cli(settings.current()[settings.ANALYSIS_IMAGE], user)
         except RestException as exc:
             reason = f"LN analysis cannot run here: {exc.message}"
     legend_threshold = settings.current()[settings.THRESHOLDS][mode] if threshold is None else threshold
@@ -216,7 +217,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class LnassistResource(BatchRoutes, Resource):
+class LnassistResource(BatchRoutes, ModelRoutes, Resource):
     def __init__(self) -> None:
         super().__init__()
         self.resourceName = "lnassist"
@@ -227,6 +228,7 @@ class LnassistResource(BatchRoutes, Resource):
         self.route("PUT", ("annotation", ":id", "review"), self.review)
         self.route("PUT", ("annotation", ":id", "ln", ":element", "label"), self.relabel)
         self.route_batches()
+        self.route_models()
 
     @access.admin(scope=TokenScope.SETTINGS_READ)
     @autoDescribeRoute(
@@ -282,8 +284,10 @@ class LnassistResource(BatchRoutes, Resource):
         mode = mode or settings.default_mode(Folder().load(item["folderId"], force=True))
         if threshold is None:
             threshold = current[settings.THRESHOLDS][mode]
-        cli = launch.analysis_cli(current[settings.ANALYSIS_IMAGE], user)
-        return launch.launch(cli, launch.job_parameters(item, mode, threshold, launch.run_stamp()), user)
+        cli = launch.image_cli(current[settings.ANALYSIS_IMAGE], user)
+        classifier = model_versions.classifier_parameter(user)
+        params = launch.job_parameters(item, mode, threshold, launch.run_stamp(), classifier)
+        return launch.launch(cli, params, user)
 
     @access.user(scope=TokenScope.DATA_READ)
     @autoDescribeRoute(

@@ -140,7 +140,7 @@ class BatchRoutes:
         self, folder: dict[str, Any], recursive: bool, force: bool, mode: str | None, name: str | None
     ) -> dict[str, Any]:
         user = self.getCurrentUser()
-        launch.analysis_cli(Setting().get(settings.ANALYSIS_IMAGE), user)
+        launch.image_cli(Setting().get(settings.ANALYSIS_IMAGE), user)
         _worker_api_url()
         batch = batches.create(
             folder,
