@@ -17,7 +17,7 @@ from lnassist.fileio import load_torch, save_torch, write_text_atomic
 from lnassist.registry import ModelEntry, RegistryError, models_dir, register, sha256_of
 
 
-def _checkpoint_facts(kind: str, path: Path) -> dict[str, Any]:
+def checkpoint_facts(kind: str, path: Path) -> dict[str, Any]:
     """Architecture facts for the card, read through the kind's own loader (which validates the file)."""
     if kind == "detector":
         from lnassist.detector.model import load_checkpoint
@@ -45,6 +45,14 @@ def _checkpoint_facts(kind: str, path: Path) -> dict[str, Any]:
     }
 
 
+def with_half_weights(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint payload (detector or classifier) with its floating-point weights in float16.
+
+    Halves the file; loading copies the values back into float32 parameters."""
+    state = payload["state_dict"]
+    return {**payload, "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}}
+
+
 def publish(
     kind: str,
     checkpoint: str | Path,
@@ -63,16 +71,13 @@ def publish(
     """Copy a trained checkpoint into the models folder (optionally with float16 weights), write its
     model card (``<id>.md``) and register it."""
     folder = Path(folder) if folder is not None else models_dir()
-    facts = _checkpoint_facts(kind, Path(checkpoint))
+    facts = checkpoint_facts(kind, Path(checkpoint))
     payload = load_torch(checkpoint, f"{kind} checkpoint", RegistryError)
     if half:
-        # Halves the file; loading copies the values back into float32 parameters.
-        payload["state_dict"] = {
-            k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
-        }
+        payload = with_half_weights(payload)
     target = folder / f"{model_id}.pt"
     save_torch(target, payload, overwrite=True)
-    _checkpoint_facts(kind, target)  # the shipped file itself must load
+    checkpoint_facts(kind, target)  # the shipped file itself must load
     digest = sha256_of(target)
     summary: dict[str, Any] = {}
     if report is not None:
@@ -100,6 +105,21 @@ def publish(
     return entry
 
 
+def card_file_lines(
+    kind: str, facts: dict[str, Any], file_name: str, digest: str, size: int, half: bool
+) -> list[str]:
+    """The card's bullet list of what the file is: kind, architecture (``facts`` from
+    :func:`checkpoint_facts`), input, file size, sha256 and how it is loaded."""
+    return [
+        f"- Kind: {kind}",
+        f"- Architecture: {facts['architecture']}",
+        f"- Input: {facts['input']}",
+        f"- File: `{file_name}`, {size / 1e6:.2f} MB" + (" (float16 weights, run in float32)" * half),
+        f"- sha256: `{digest}`",
+        "- Loading: `torch.load(..., weights_only=True)` through lnassist (registry checks the sha256)",
+    ]
+
+
 def _card(
     kind: str,
     model_id: str,
@@ -119,12 +139,7 @@ def _card(
     lines = [
         f"# Model card: {model_id} (version {version})",
         "",
-        f"- Kind: {kind}",
-        f"- Architecture: {facts['architecture']}",
-        f"- Input: {facts['input']}",
-        f"- File: `{model_id}.pt`, {size / 1e6:.2f} MB" + (" (float16 weights, run in float32)" * half),
-        f"- sha256: `{digest}`",
-        "- Loading: `torch.load(..., weights_only=True)` through lnassist (registry checks the sha256)",
+        *card_file_lines(kind, facts, f"{model_id}.pt", digest, size, half),
         "",
         "## Training data",
         "",

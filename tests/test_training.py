@@ -204,12 +204,14 @@ def test_slide_canvas_is_the_union_of_its_lns(manifest: Path) -> None:
 
 def test_training_writes_a_usable_run(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    summary = train_classifier(FAST, manifest, out, progress=False)
+    reported: list[dict] = []
+    summary = train_classifier(FAST, manifest, out, progress=False, on_epoch=reported.append)
     assert summary["epochs"] == 2 and summary["stopped"] == "reached max_epochs=2"
     for name in ("best.pt", "last.pt", "config.yaml", "log.json", "log.csv"):
         assert (out / name).is_file(), name
     history = json.loads((out / "log.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
+    assert reported == history  # one call per finished epoch, with its log row
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history)
     assert (out / "log.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss,val_loss")
     best = load_classifier(out / "best.pt")

@@ -1,4 +1,5 @@
-"""``lnassist train-classifier`` (manifest -> trained classifier folder).
+"""``lnassist train-classifier`` (manifest -> trained classifier folder) and ``lnassist retrain``
+(reviewed-annotation data set + parent classifier -> candidate classifier with its record).
 
 Single process: ``lnassist train-classifier MANIFEST --out DIR``. Several processes or GPUs:
 ``torchrun --nproc_per_node N -m lnassist train-classifier MANIFEST --out DIR`` (same arguments).
@@ -46,6 +47,60 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_retrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lnassist.promotion import gate
+    from lnassist.registry import sha256_of
+    from lnassist.retrain import SNAPSHOT_NAME, retrain
+
+    set_threads(args.threads)
+    dataset, parent = Path(args.dataset).resolve(), Path(args.parent).resolve()
+    dataset_ref = {"path": str(dataset)}
+    if (dataset / SNAPSHOT_NAME).is_file():
+        dataset_ref["snapshot_sha256"] = sha256_of(dataset / SNAPSHOT_NAME)
+    tolerance = {"auc": args.tolerance_auc, "sensitivity": args.tolerance_sensitivity}
+    options = {
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "heldout_fraction": args.heldout_fraction,
+        "lr": args.lr,
+    }
+    record = retrain(
+        dataset,
+        parent,
+        args.out,
+        parent_ref={"id": parent.stem, "file": str(parent)},
+        dataset_ref=dataset_ref,
+        tile_px=args.tile_px,
+        use_transition=args.use_transition,
+        tolerance={k: v for k, v in tolerance.items() if v is not None},
+        device=args.device,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    held, split = record["heldout"], record["split"]
+    delong = held["delong"]
+    shown = {
+        m: "undefined" if held[m]["auc"] is None else f"{held[m]['auc']:.4f}" for m in ("parent", "candidate")
+    }
+    print(
+        f"candidate: {Path(args.out) / record['model']['file']} (sha256 {record['model']['sha256'][:12]}...)"
+    )
+    print(
+        f"held out: {split['n_heldout_ln']} LNs ({split['n_heldout_positive']} positive) of "
+        f"{len(split['heldout_items'])} source slide(s); trained on {split['n_train_ln']} LNs"
+    )
+    print(
+        f"held-out AUC: parent {shown['parent']}, candidate {shown['candidate']}"
+        + (f" (DeLong p = {delong['p_value']:.3g})" if delong else "")
+    )
+    reasons = gate(record)
+    print("gate: may be promoted" if not reasons else "gate: refused")
+    for reason in reasons:
+        print(f"  - {reason}")
+    return 0
+
+
 def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train-classifier",
@@ -78,3 +133,30 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "retrain",
+        help="fine-tune a classifier on reviewed annotations and compare it with its parent",
+        description="Split the reviewed LNs of a data set (lnassist collect) by source slide, fine-tune the "
+        "parent classifier on the training slides and score both on the held-out ones. Writes "
+        "candidate.pt (float16), candidate.json (the record the promotion gate reads), candidate.md (its "
+        "model card), heldout-scores.csv, split-manifest.jsonl and training/ into --out (new or empty).",
+    )
+    p.add_argument(
+        "--dataset", required=True, help="data set folder: manifest.jsonl, regions/, snapshot.json"
+    )
+    p.add_argument("--parent", required=True, help="the classifier checkpoint to start from")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--seed", type=int, help="seed of the split and the training (default 0)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default 2)")
+    p.add_argument("--heldout-fraction", type=float, help="share of source slides held out (default 0.34)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the parent recipe's reduced lr)")
+    p.add_argument("--tile-px", type=positive_int, help="streaming tile (default: the recipe's)")
+    p.add_argument(
+        "--use-transition", action="store_true", help="forward-corrected loss with the snapshot's transition"
+    )
+    p.add_argument("--tolerance-auc", type=float, help="allowed held-out AUC drop (default 0.02)")
+    p.add_argument("--tolerance-sensitivity", type=float, help="allowed sensitivity drop (default 0.05)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
+    p.set_defaults(func=run_retrain)

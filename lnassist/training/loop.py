@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -276,8 +277,11 @@ def train_classifier(
     overwrite: bool = False,
     progress: bool = True,
     extra_metadata: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a classifier on ``manifest``; returns a summary. See the module docstring."""
+    """Train (or resume) a classifier on ``manifest``; returns a summary. See the module docstring.
+
+    ``on_epoch`` is called (by rank 0) with each finished epoch's log row, once its files are written."""
     device = torch.device(device)
     out = Path(out_dir)
     last = out / LAST_NAME
@@ -397,6 +401,8 @@ def train_classifier(
                 save_classifier(out / BEST_NAME, classifier, overwrite=True)
             _save_state(last, ctx, optimizer, schedule, epoch, rng, history)
             _write_logs(out, history)
+            if on_epoch is not None:
+                on_epoch(dict(row))
     if not schedule.stopped:
         schedule.stopped = f"reached max_epochs={cfg.max_epochs}"
     return {
