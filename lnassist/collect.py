@@ -51,12 +51,11 @@ import numpy as np
 from lnassist import dsa
 from lnassist.errors import LnassistError
 from lnassist.fileio import write_text_atomic
-from lnassist.manifest import read_manifest, write_manifest
+from lnassist.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from lnassist.registry import sha256_of
 from lnassist.slide import CLASSIFIER_MPP
 
 SNAPSHOT_NAME = "snapshot.json"
-MANIFEST_NAME = "manifest.jsonl"
 SNAPSHOT_FORMAT = "lnassist-dataset-snapshot/1"
 SPLIT = "collected"
 TRAINED_STATES = (dsa.REVIEW_ACCEPTED, dsa.REVIEW_CORRECTED)

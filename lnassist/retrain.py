@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from lnassist.classifier import Classifier, load_classifier
+from lnassist.collect import load_snapshot
 from lnassist.constants import THRESHOLDS
 from lnassist.evaluate import score_split
 from lnassist.fileio import load_torch, save_torch, write_text_atomic
@@ -59,8 +60,6 @@ from lnassist.training.loop import LAST_NAME, train_classifier
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_NAME = "snapshot.json"
-SNAPSHOT_FORMAT = "lnassist-dataset-snapshot/1"
 SPLIT_MANIFEST_NAME = "split-manifest.jsonl"
 TRAINING_DIR = "training"
 WEIGHTS_NAME = "candidate.pt"
@@ -157,24 +156,21 @@ def split_by_source(rows: Sequence[Mapping[str, Any]], seed: int, heldout_fracti
 
 
 def read_transition(dataset_dir: str | Path) -> tuple[tuple[float, ...], ...]:
-    """The data set snapshot's label-noise matrix; an error when it has none."""
-    path = Path(dataset_dir) / SNAPSHOT_NAME
-    try:
-        snapshot = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RetrainError(f"cannot read the data set snapshot {path}: {exc}") from exc
-    if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
-        raise RetrainError(f"{path} is not a {SNAPSHOT_FORMAT} file")
-    transition = snapshot.get("transition")
-    if transition is None:
+    """The data set snapshot's label-noise matrix (:func:`lnassist.collect.transition_of`); an error
+    when it has none."""
+    snapshot = load_snapshot(dataset_dir)
+    matrix = (snapshot.get("transition") or {}).get("matrix")
+    if matrix is None:
         raise RetrainError(
-            f"{path} has no transition matrix (too few AI-reviewed label pairs to estimate one); retrain "
-            "without the transition"
+            f"snapshot {snapshot.get('id')} has no transition matrix (too few AI-reviewed label pairs to "
+            "estimate one); retrain without the transition"
         )
     try:
-        return tuple(tuple(float(v) for v in row) for row in transition)
+        return tuple(tuple(float(v) for v in row) for row in matrix)
     except (TypeError, ValueError) as exc:
-        raise RetrainError(f"{path}: transition must be a 2x2 matrix of numbers, got {transition!r}") from exc
+        raise RetrainError(
+            f"snapshot {snapshot.get('id')}: transition must be a 2x2 matrix, got {matrix!r}"
+        ) from exc
 
 
 def fine_tune_config(

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from training_helpers import COLLECTED_SLIDES, COLLECTED_TRANSITION, build_collected_dataset
 
 from lnassist.classifier import ClassifierSpec, load_classifier, new_classifier, save_classifier
+from lnassist.collect import CollectError
 from lnassist.commands import main
 from lnassist.constants import THRESHOLDS
 from lnassist.evaluate import score_split
@@ -224,10 +225,10 @@ def test_retrain_refusals(collected: Path, parent: Path, tmp_path: Path) -> None
         retrain(collected, parent, tmp_path / "c", tolerance={"auc": -1}, **kw)
     snapshot = tmp_path / "snap"
     snapshot.mkdir()
-    with pytest.raises(RetrainError, match="cannot read the data set snapshot"):
+    with pytest.raises(CollectError, match="not a readable dataset snapshot"):
         read_transition(snapshot)
     (snapshot / "snapshot.json").write_text(
-        json.dumps({"format": "lnassist-dataset-snapshot/1", "transition": None})
+        json.dumps({"format": "lnassist-dataset-snapshot/1", "transition": {"matrix": None}})
     )
     with pytest.raises(RetrainError, match="has no transition matrix"):
         read_transition(snapshot)

@@ -126,7 +126,7 @@ def build_collected_dataset(root: Path) -> Path:
     snapshot = {
         "format": "lnassist-dataset-snapshot/1",
         "id": "snapshot-test",
-        "transition": COLLECTED_TRANSITION,
+        "transition": {"matrix": COLLECTED_TRANSITION},
     }
     (dataset / "snapshot.json").write_text(json.dumps(snapshot))
     return dataset

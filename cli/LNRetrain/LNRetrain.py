@@ -22,11 +22,10 @@ STAGES = (
 
 
 def main(args: argparse.Namespace, cli_name: str) -> None:
-    from lnassist.retrain import retrain
-
     from lnassist import collect, versions
     from lnassist.devices import resolve_device
     from lnassist.registry import resolve
+    from lnassist.retrain import retrain
 
     if bool(args.collectFolder) == bool(args.dataset):
         raise CliInputError(

@@ -24,8 +24,8 @@ def run_collect(args: argparse.Namespace) -> int:
     print(
         f"snapshot {snapshot['id']}: {counts['lns']} LNs ({counts['positive']} positive) of "
         f"{counts['slides']} slides, {len(snapshot['skipped'])} slide(s) left out; regions fetched "
-        f"{fetch['regions_fetched']}, reused {fetch['regions_reused']} ({fetch['bytes_fetched'] / 1e6:.1f} MB "
-        f"in {fetch['seconds']:.1f} s) -> {args.out}"
+        f"{fetch['regions_fetched']}, reused {fetch['regions_reused']} "
+        f"({fetch['bytes_fetched'] / 1e6:.1f} MB in {fetch['seconds']:.1f} s) -> {args.out}"
     )
     if args.upload:
         item = collect.upload(client, args.out, args.upload)

@@ -50,15 +50,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_retrain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from lnassist.collect import SNAPSHOT_NAME, load_snapshot
     from lnassist.promotion import gate
-    from lnassist.registry import sha256_of
-    from lnassist.retrain import SNAPSHOT_NAME, retrain
+    from lnassist.retrain import retrain
 
     set_threads(args.threads)
     dataset, parent = Path(args.dataset).resolve(), Path(args.parent).resolve()
     dataset_ref = {"path": str(dataset)}
     if (dataset / SNAPSHOT_NAME).is_file():
-        dataset_ref["snapshot_sha256"] = sha256_of(dataset / SNAPSHOT_NAME)
+        dataset_ref["snapshot_id"] = load_snapshot(dataset)["id"]
     tolerance = {"auc": args.tolerance_auc, "sensitivity": args.tolerance_sensitivity}
     options = {
         "seed": args.seed,
