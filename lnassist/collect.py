@@ -90,14 +90,13 @@ def connect(api_url: str, *, token: str | None = None, api_key: str | None = Non
         if api_key:
             client.authenticate(apiKey=api_key)
         else:
+            # A job's token is scoped to data access (no user/me): its first request tells.
             client.setToken(token)
-        me = client.get("user/me")
+            client.get("system/version")
     except girder_client.HttpError as exc:
         raise CollectError(f"Girder at {api_url} refused the credentials (HTTP {exc.status})") from None
     except Exception as exc:  # requests' connection errors
         raise CollectError(f"cannot reach the Girder API at {api_url} ({type(exc).__name__})") from None
-    if not me:
-        raise CollectError(f"Girder at {api_url} refused the credentials (the token is not valid)")
     return client
 
 
@@ -107,6 +106,8 @@ def _get(client: Any, path: str, what: str, **parameters: Any) -> Any:
     try:
         return client.get(path, parameters=parameters or None)
     except girder_client.HttpError as exc:
+        if exc.status == 401:
+            raise CollectError(f"Girder refused the credentials (HTTP 401, {what})") from None
         message = _girder_message(exc)
         raise CollectError(
             f"{what}: Girder answered HTTP {exc.status}{': ' + message if message else ''}"

@@ -334,7 +334,7 @@ def test_only_admins_retrain_and_a_cancelled_retrain_uploads_nothing(loop: Loop)
 
 @docker_test
 def test_retrain_job_uploads_a_candidate_with_held_out_metrics(loop: Loop) -> None:
-    job = retrain_job(loop, epochs=1, seed=3, tolerance_auc=1, tolerance_sensitivity=1)
+    job = retrain_job(loop, epochs=1, seed=3, heldout_fraction=0.5, tolerance_auc=1, tolerance_sensitivity=1)
     assert job["type"].endswith(f"#{dsa.CLI_RETRAIN}")
     job = wait_for_job(loop.dsa.gc, job["_id"])
     log = job_log(job)
@@ -395,9 +395,12 @@ def test_promotion_is_for_admins_and_analyses_record_the_promoted_version(loop: 
 
 
 @docker_test
-def test_a_worse_candidate_is_refused_unless_forced_with_a_reason(loop: Loop, tmp_path: Path) -> None:
+def test_a_worse_candidate_is_refused_unless_forced_and_rollback_walks_back(loop: Loop) -> None:
     version = loop.shared["version"]
     gc = loop.dsa.gc
+    shipped = load_registry(REPO / "models").entry("classifier")
+    gc.post(f"lnassist/model/{version['item_id']}/promote")
+    # A candidate worse on its held-out slides, and evaluated against the shipped model, not the one in use.
     record = copy.deepcopy(gc.getItem(version["item_id"])["meta"]["lnassist_model"])
     held = record["record"]["heldout"]
     held["parent"]["auc"], held["candidate"]["auc"] = 0.9, 0.6
@@ -405,7 +408,9 @@ def test_a_worse_candidate_is_refused_unless_forced_with_a_reason(loop: Loop, tm
     worse = gc.createItem(loop.models["_id"], f"worse-{uuid.uuid4().hex[:6]}")
     gc.addMetadataToItem(worse["_id"], {"lnassist_model": record})
     status, text = http_status(gc.post, f"lnassist/model/{worse['_id']}/promote")
-    assert status == 400 and "AUC" in text and "0.6" in text, text
+    assert (
+        status == 400 and "AUC" in text and "0.6" in text and "not against the classifier in use" in text
+    ), text
     status, text = http_status(
         gc.post, f"lnassist/model/{worse['_id']}/promote", parameters={"force": "true"}
     )
@@ -414,13 +419,17 @@ def test_a_worse_candidate_is_refused_unless_forced_with_a_reason(loop: Loop, tm
         f"lnassist/model/{worse['_id']}/promote", parameters={"force": "true", "reason": "trial on ward 3"}
     )
     assert entry["forced"] and entry["reason"] == "trial on ward 3" and entry["gate"]
-    history = gc.get("lnassist/models")["history"]
-    assert [h["action"] for h in history] == ["promote", "rollback", "promote"]
-    gc.post(f"lnassist/model/{worse['_id']}/rollback")
-    assert (
-        gc.get("lnassist/models")["in_use"]["sha256"]
-        == load_registry(REPO / "models").entry("classifier").sha256
-    )
+    assert entry["from"] == version["item_id"]
+    # Rollback walks back one promotion at a time: to the retrained version, then to the shipped one.
+    assert gc.post(f"lnassist/model/{worse['_id']}/rollback")["to"] == version["item_id"]
+    assert gc.get("lnassist/models")["in_use"]["sha256"] == version["sha256"]
+    status, _ = http_status(gc.post, f"lnassist/model/{worse['_id']}/rollback")
+    assert status == 400  # no longer the promoted one
+    assert gc.post(f"lnassist/model/{version['item_id']}/rollback")["to"] is None
+    listed = gc.get("lnassist/models")
+    assert listed["in_use"]["sha256"] == shipped.sha256 and listed["shipped"]["promoted"]
+    actions = [h["action"] for h in listed["history"]]
+    assert actions == ["promote", "rollback", "promote", "promote", "rollback", "rollback"]
 
 
 # ------------------------------------------------------------------------------------ snapshots
@@ -444,7 +453,7 @@ def test_a_snapshot_outlives_edits_and_deletions_of_its_annotations(loop: Loop, 
     # A retrain from the snapshot (the ML engineer's path: LNRetrain with --dataset) still runs.
     params = {
         "collectFolder": "", "dataset": item["_id"], "includeUnreviewed": False,
-        "modelsFolder": loop.models["_id"], "parentModel": "", "seed": 1, "heldoutFraction": 0.34,
+        "modelsFolder": loop.models["_id"], "parentModel": "", "seed": 1, "heldoutFraction": 0.5,
         "epochs": 1, "useTransition": True,
         "toleranceAuc": -1, "toleranceSensitivity": -1, "device": "cpu", "threads": 0,
         "girderApiUrl": "", "girderToken": "",

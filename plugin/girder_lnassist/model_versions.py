@@ -151,17 +151,20 @@ def gate_reasons(item: dict[str, Any], use: dict[str, Any] | None) -> list[str]:
     return reasons
 
 
-def _set_current(folder: dict[str, Any], expected: str | None, entry: dict[str, Any]) -> None:
-    """Move the promoted pointer from ``expected`` to ``entry['to']``, appending ``entry`` to the
-    history, only if nobody moved it meanwhile (409 otherwise)."""
-    key = f"meta.{versions.PROMOTION_META}.{KIND}"
+def _set_current(folder: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Move the promoted pointer to ``entry['to']``, appending ``entry`` to the history, only if
+    nobody changed the promotion state since ``folder`` was read (409 otherwise). The state carries a
+    revision number for that condition; it is written whole, one level under ``meta`` as Girder's
+    own metadata writes are."""
+    key = f"meta.{versions.PROMOTION_META}"
+    whole = dict((folder.get("meta") or {}).get(versions.PROMOTION_META) or {})
+    revision = int(whole.get("revision") or 0)
     state = versions.promotion(folder.get("meta"), KIND)
-    result = Folder().collection.update_one(
-        {"_id": folder["_id"], f"{key}.current": expected}
-        if state["history"]
-        else {"_id": folder["_id"], key: {"$exists": False}},
-        {"$set": {f"{key}.current": entry["to"], f"{key}.history": [*state["history"], entry]}},
+    whole.update(
+        {KIND: {"current": entry["to"], "history": [*state["history"], entry]}, "revision": revision + 1}
     )
+    condition = {f"{key}.revision": revision} if revision else {key: {"$exists": False}}
+    result = Folder().collection.update_one({"_id": folder["_id"], **condition}, {"$set": {key: whole}})
     if result.modified_count != 1:
         raise RestException("the promoted model changed meanwhile; reload and try again", 409)
 
@@ -190,11 +193,14 @@ def promote(item: dict[str, Any], user: dict[str, Any], force: bool, reason: str
         "reason": (reason or "").strip(),
         "gate": reasons,
     }
-    _set_current(folder, state["current"], entry)
+    _set_current(folder, entry)
     # Auto-run and schedules analyse as the service user, which must read the version it uses.
+    # Only the access list is written: saving the whole folder read above would put back its old
+    # metadata over the promotion just made.
     service = autorun.service_user()
     if not Folder().hasAccess(folder, service, AccessType.READ):
-        Folder().setUserAccess(folder, service, AccessType.READ, save=True)
+        Folder().setUserAccess(folder, service, AccessType.READ, save=False)
+        Folder().update({"_id": folder["_id"]}, {"$set": {"access": folder["access"]}})
     return entry
 
 
@@ -224,7 +230,7 @@ def rollback(item: dict[str, Any], user: dict[str, Any], reason: str | None) -> 
         "reason": (reason or "").strip(),
         "gate": [],
     }
-    _set_current(folder, state["current"], entry)
+    _set_current(folder, entry)
     return entry
 
 
