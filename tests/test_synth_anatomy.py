@@ -192,3 +192,60 @@ def test_plasma_cells_populate_the_medullary_cords_only(monkeypatch):
     edge_x0, edge_y0 = medulla.polygon[0].astype(int).tolist()
     whole, stitched = render_in_pieces(lay, edge_x0 - 350, edge_y0 - 295)
     assert np.array_equal(whole, stitched)
+
+
+def test_centroblasts_only_in_germinal_centres():
+    lay = _layout(1, size=14000, categories=(NEGATIVE,))
+    follicle = next(op for op in lay.paint if op.region == L.GERMINAL)
+    x0, y0 = (follicle.polygon.mean(0) - 300).astype(int).tolist()
+    w = h = 600
+    pad = sprites.max_radius() + 1
+    label_pad = R._region_map(lay, x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
+    cx, cy, _ = R.centroblast_centres(lay, label_pad, pad, x0, y0, w, h, R.SCENES["scanned"].centroblast_p)
+    assert len(cx) > 20
+    assert (label_pad[cy - (y0 - pad), cx - (x0 - pad)] == L.GERMINAL).all()
+    # the follicle centres in view hold about centroblast_p of one per 22 px cell
+    centre_px = (label_pad[pad : pad + h, pad : pad + w] == L.GERMINAL).sum()
+    assert 0.5 < len(cx) / (centre_px / R.CENTROBLAST_GRID_PX**2 * R.SCENES["scanned"].centroblast_p) < 1.5
+    # the vector look draws none: its germinal centres keep their own sprites
+    assert R.SCENES["vector"].centroblast_p == 0.0
+    edge_x0, edge_y0 = follicle.polygon[0].astype(int).tolist()
+    whole, stitched = render_in_pieces(lay, edge_x0 - 350, edge_y0 - 295)
+    assert np.array_equal(whole, stitched)
+
+
+@pytest.mark.parametrize("tumour_type", ["diffuse", "intestinal"])
+def test_signet_rings_only_in_diffuse_deposits(tumour_type):
+    lay = _layout(2, size=14000, categories=(MACRO, ITC), tumour_type=tumour_type)
+    signet = lay.cells.bank == sprites.SIGNET
+    kind_of = {tuple(c): d.kind for n in lay.nodes for d in n.deposits for c in d.cells}
+    if tumour_type == "intestinal":
+        assert not signet.any()
+        return
+    assert signet.sum() > 100
+    # every signet ring is a listed tumour cell of a diffuse deposit or a diffuse-type ITC
+    assert {kind_of.get(tuple(c)) for c in lay.cells.xy[signet]} <= {"diffuse", "single"}
+    # the histiocyte-like diffuse cells remain beside them
+    assert (lay.cells.bank == sprites.DIFFUSE).sum() > 100
+    # the crescents drawn over later neighbours stay seamless across windows
+    x0, y0 = lay.cells.xy[np.flatnonzero(signet)[0]].astype(int).tolist()
+    whole, stitched = render_in_pieces(lay, x0 - 350, y0 - 295)
+    assert np.array_equal(whole, stitched)
+
+
+def test_histiocytes_are_foamy_in_scanned_and_unchanged_in_vector():
+    kwargs = dict(size=14000, categories=(NEGATIVE_MIMIC, NEGATIVE))
+    lay, vector = _layout(1, **kwargs), _layout(1, look="vector", **kwargs)
+    mimic_cells = np.concatenate(
+        [
+            m.cells
+            for n in lay.nodes
+            for m in n.mimics
+            if m.kind in ("sinus_histiocytes", "histiocyte_aggregate")
+        ]
+    )
+    foamy = lay.cells.xy[lay.cells.bank == sprites.FOAMY_HISTIOCYTE]
+    assert len(foamy) > 0 and (lay.cells.bank != sprites.HISTIOCYTE).all()
+    # every foamy histiocyte is a listed mimic cell, and every listed histiocyte is drawn foamy
+    assert {tuple(c) for c in foamy} == {tuple(c) for c in mimic_cells}
+    assert not np.isin(vector.cells.bank, (sprites.FOAMY_HISTIOCYTE, sprites.SIGNET)).any()

@@ -854,6 +854,8 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
     xy = np.concatenate(b.cell_xy) if b.cell_xy else np.zeros((0, 2))
     bank = np.concatenate(b.cell_bank) if b.cell_bank else np.zeros(0, np.uint8)
     variant = np.concatenate(b.cell_variant) if b.cell_variant else np.zeros(0, np.int64)
+    if scanned:  # swapped after all draws, so the layout's random stream and cell centres stay the same
+        bank = sprites.scanned_cells(bank, variant)
     return SlideLayout(
         width_px=int(cfg.width_px),
         height_px=int(cfg.height_px),

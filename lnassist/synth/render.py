@@ -2,11 +2,12 @@
 
 Model: per-pixel haematoxylin and eosin concentrations are built from the region map (polygons
 rasterised for the window plus a margin), smooth/fine textures, fat-cell membranes, background nuclei
-(and, in the "scanned" look, red cells in vessel lumina and plasma cells in medullary cords) from
-coordinate-hashed grids and the layout's explicit cells; the site's Beer-Lambert stain model turns
-them into RGB, glass is pure white. Every ingredient depends only on global coordinates, so any window
-equals the matching crop of any larger window (no seams), and no full-size array is ever needed.
-Only numpy / OpenCV are used; all state is local, so windows can be rendered from many threads.
+(and, in the "scanned" look, red cells in vessel lumina, plasma cells in medullary cords and
+centroblasts in germinal centres) from coordinate-hashed grids and the layout's explicit cells; the
+site's Beer-Lambert stain model turns them into RGB, glass is pure white. Every ingredient depends
+only on global coordinates, so any window equals the matching crop of any larger window (no seams),
+and no full-size array is ever needed. Only numpy / OpenCV are used; all state is local, so windows
+can be rendered from many threads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ RED_CELL_GRID_PX = 8  # red cells (~16 px across) one per 8 px cell: packed, ove
 RED_CELL_FILL = 0.9  # share of grid cells of a full lumen holding a red cell
 SINUS_MESH_PX = 24  # sinus reticulin meshes ~11 um wide
 PLASMA_GRID_PX = 20  # plasma cells ~9 um: at most one per 20 px cell, among the cords' lymphocytes
+SIGNET_NUCLEUS_H = 0.5  # a signet-ring sprite's haematoxylin above this is its nucleus
+CENTROBLAST_GRID_PX = 22  # centroblasts ~10 um with their cytoplasm: at most one per 22 px cell
 
 # Per region: background H, background E, lymphoid nucleus probability per grid cell, nucleus bank,
 # fibroblast probability per spindle-grid cell, collagen-fibre texture strength.
@@ -78,6 +81,8 @@ class Scene:
     sinus_mesh: float  # eosin of the reticulin meshwork and loose content of sinuses
     lumen_debris: float  # eosin of mucin and necrotic debris in gland lumina
     plasma_p: float  # plasma cells per PLASMA_GRID_PX cell of the medullary cords
+    lut_lymph_bank: np.ndarray  # sprite bank of the lymphoid nuclei, per region
+    centroblast_p: float  # centroblasts per CENTROBLAST_GRID_PX cell of the germinal centres
 
 
 # In "scanned", lymphoid tissue between nuclei is pale (real cortex is nuclei on a light background,
@@ -110,6 +115,8 @@ SCENES = {
         0.0,
         0.0,
         0.0,
+        LUT_LYMPH_BANK,
+        0.0,
     ),
     # Lymphocytes one per ~6 um: distinct nuclei with pale gaps, overlapping where jitter brings
     # them together, as in real cortex (the count per mm^2 of real PCam tiles).
@@ -129,6 +136,10 @@ SCENES = {
         0.35,
         0.3,
         0.45,
+        # Germinal centres: small dense centrocytes (lymphocyte sprites) among the centroblasts drawn
+        # over them, not the flat blast sprites of "vector".
+        np.where(np.arange(L.N_REGIONS) == L.GERMINAL, sprites.LYMPH, LUT_LYMPH_BANK),
+        0.4,
     ),
 }
 CHROMATIN_H = 0.45  # H concentration above which a pixel counts as nuclear for the chromatin texture
@@ -318,6 +329,47 @@ def _plasma_cells(
     _stamp_max(E, bank, cx, cy, pick, 1.0, bank.e)
 
 
+def centroblast_centres(
+    layout: L.SlideLayout, label_pad: np.ndarray, pad: int, x0: int, y0: int, w: int, h: int, p: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cx, cy, variant) of the centroblasts that reach the window (global px), from hashed grid points
+    whose centre lies in a germinal centre."""
+    bank = sprites.banks()[sprites.CENTROBLAST]
+    cx, cy, hv = _hashed_centres(layout.seed, 26, CENTROBLAST_GRID_PX, bank.size // 2, x0, y0, w, h)
+    acc = (label_pad[cy - (y0 - pad), cx - (x0 - pad)] == L.GERMINAL) & (_hash_fraction(hv, 32) < p)
+    return cx[acc], cy[acc], (hv[acc] >> np.uint64(48)).astype(np.int64) % bank.n_variants
+
+
+def _centroblasts(
+    layout: L.SlideLayout,
+    label_pad: np.ndarray,
+    pad: int,
+    x0: int,
+    y0: int,
+    w: int,
+    h: int,
+    p: float,
+    H: np.ndarray,
+    E: np.ndarray,
+) -> None:
+    """Composite the germinal centres' centroblasts over the lymphocytes already stamped there.
+
+    The centroblasts are first merged with max among themselves (order-independent, so seamless) and
+    the merged layer then goes over H and E: their pale open nuclei hide the dense nuclei below."""
+    bank = sprites.banks()[sprites.CENTROBLAST]
+    cx, cy, pick = centroblast_centres(layout, label_pad, pad, x0, y0, w, h, p)
+    if len(cx) == 0:
+        return
+    layer_h, layer_e, layer_a = (np.zeros((h, w), np.float32) for _ in range(3))
+    for layer, channel in ((layer_h, bank.h), (layer_e, bank.e), (layer_a, bank.alpha)):
+        _stamp_max(layer, bank, cx - x0, cy - y0, pick, 1.0, channel)
+    keep = np.float32(1.0) - layer_a
+    H *= keep
+    H += layer_h
+    E *= keep
+    E += layer_e
+
+
 def _reticulin(seed: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     """Fine meshwork in [0, 1]: the reticulin strands and loose cell debris that sinuses hold."""
     edge = noise.lattice_upsample(
@@ -341,6 +393,7 @@ def _hashed_nuclei(
     lut_p: np.ndarray,
     H: np.ndarray,
     gain: float,
+    lut_bank: np.ndarray,
 ) -> None:
     """Background nuclei from a per-grid-cell hash (never stored): one candidate per grid cell."""
     banks = sprites.banks()
@@ -357,7 +410,7 @@ def _hashed_nuclei(
         ang = FIBRE_ANGLE + (pick % 64 - 32) / 64.0
         _stamp_max(H, bank, cx - x0, cy - y0, sprites.angle_variant(bank, ang, pick // 64), gain)
         return
-    bank_ids = LUT_LYMPH_BANK[region]
+    bank_ids = lut_bank[region]
     for bid in np.unique(bank_ids):
         sel = bank_ids == bid
         bank = banks[int(bid)]
@@ -387,6 +440,14 @@ def _explicit_cells(
         keep = np.float32(1.0) - a
         H[tgt] = H[tgt] * keep + bank.h[v, sy0:sy1, sx0:sx1]
         E[tgt] = E[tgt] * keep + bank.e[v, sy0:sy1, sx0:sx1]
+    # A signet ring's crescent lies at its rim, where the cells painted after it in a crowded deposit
+    # would cover it: its nucleus goes on top of them all (max, so in any order).
+    signet = idx[table.bank[idx] == sprites.SIGNET]
+    if len(signet):
+        bank = banks[sprites.SIGNET]
+        nuclei = np.where(bank.h > SIGNET_NUCLEUS_H, bank.h, np.float32(0.0))
+        cx, cy = (np.floor(table.xy[signet]).astype(np.int64) - (x0, y0)).T
+        _stamp_max(H, bank, cx, cy, table.variant[signet] % bank.n_variants, 1.0, nuclei)
 
 
 def render_concentrations(
@@ -436,7 +497,23 @@ def render_concentrations(
         (scene.lymph_grid_px, 20, scene.lut_lymph_p),
         (SPINDLE_GRID_PX, 21, LUT_SPINDLE_P),
     ):
-        _hashed_nuclei(layout, label_pad, pad, x0, y0, w, h, grid, stream, lut_p, H, scene.nucleus_gain)
+        _hashed_nuclei(
+            layout,
+            label_pad,
+            pad,
+            x0,
+            y0,
+            w,
+            h,
+            grid,
+            stream,
+            lut_p,
+            H,
+            scene.nucleus_gain,
+            scene.lut_lymph_bank,
+        )
+    if scene.centroblast_p and (label_pad == L.GERMINAL).any():
+        _centroblasts(layout, label_pad, pad, x0, y0, w, h, scene.centroblast_p, H, E)
     _explicit_cells(layout, x0, y0, w, h, H, E)
     H *= np.float32(1.0) + np.float32(0.08) * noise.value_noise(seed, 4, x0, y0, w, h, 900)
     if scene.chromatin:

@@ -1,9 +1,11 @@
 """Cell sprites: small pre-rendered H/E concentration patches for each cell type at 0.46 um/px.
 
 Sizes follow the histology (lymphocyte nucleus ~6 um, tumour cells 10-20 um with vesicular nuclei and
-nucleoli, histiocytes ~20 um with pale foamy cytoplasm). Sprites are built once, deterministically, and
-are read-only afterwards, so rendering threads share them safely. Oriented banks hold ``N_ANGLES``
-rotations x ``per_angle`` shapes; ``variant = angle_bin * per_angle + shape``.
+nucleoli, histiocytes ~20 um with pale foamy cytoplasm). The "scanned" look has banks of its own for
+centroblasts, foamy histiocytes with kidney-shaped nuclei and signet rings with a crescent nucleus;
+the banks "vector" uses are untouched. Sprites are built once, deterministically, and are read-only
+afterwards, so rendering threads share them safely. Oriented banks hold ``N_ANGLES`` rotations x
+``per_angle`` shapes; ``variant = angle_bin * per_angle + shape``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ LYMPH, GC_CELL, CRUSHED, SPINDLE = 0, 1, 2, 3
 TUMOUR, COLUMNAR, DIFFUSE, HISTIOCYTE, ENDOTHELIAL, BENIGN = 4, 5, 6, 7, 8, 9
 RED_CELL = 10  # eosin only: red blood cells of the "scanned" look (stamped into E, not H)
 PLASMA = 11  # "scanned" medullary cords: stamped with max into both H and E
+# "scanned" cell kinds: centroblasts are hashed (composited over the germinal centre's lymphocytes);
+# foamy histiocytes and signet rings take the place of the layout's HISTIOCYTE and signet DIFFUSE cells.
+CENTROBLAST, FOAMY_HISTIOCYTE, SIGNET = 12, 13, 14
 
 
 @dataclass(frozen=True)
@@ -79,15 +84,19 @@ def _grain(rng: np.random.Generator, k: int, sigma: float) -> np.ndarray:
     return g / (g.std() + 1e-9)
 
 
-def _nucleus(rng, xx, yy, cx, cy, rx, ry, angle, harm, rim_h, inner_h, grain_sigma, nucleoli):
-    """(H, E, alpha) of a nucleus: dark chromatin rim, given interior, optional nucleoli."""
-    k = xx.shape[0]
-    d = _shape_distance(xx, yy, cx, cy, rx, ry, angle, harm)
+def _chromatin_body(rng, d, rim_h, inner_h, grain_sigma, grain_amount=0.2):
+    """(H, E, alpha) of a nucleus given its signed distance map: dark rim, granular interior."""
     a = _soft(d)
     rim = np.clip(1.0 + d / 1.8, 0.0, 1.0)  # 1 at the membrane, fading inward over ~2 px
-    h = inner_h * (1.0 + 0.2 * _grain(rng, k, grain_sigma)).clip(0.65, 1.6)
+    h = inner_h * (1.0 + grain_amount * _grain(rng, d.shape[0], grain_sigma)).clip(0.65, 1.6)
     h = np.maximum(h, rim * rim_h) * a
-    e = 0.04 * a
+    return h, 0.04 * a, a
+
+
+def _nucleus(rng, xx, yy, cx, cy, rx, ry, angle, harm, rim_h, inner_h, grain_sigma, nucleoli):
+    """(H, E, alpha) of a nucleus: dark chromatin rim, given interior, optional nucleoli."""
+    d = _shape_distance(xx, yy, cx, cy, rx, ry, angle, harm)
+    h, e, a = _chromatin_body(rng, d, rim_h, inner_h, grain_sigma)
     for _ in range(nucleoli):
         r = rng.uniform(1.4, 2.6)
         ox, oy = rng.uniform(-0.4, 0.4) * rx, rng.uniform(-0.4, 0.4) * ry
@@ -209,7 +218,9 @@ def _columnar(rng, k, angle, benign: bool):
 
 
 def _diffuse(rng, k):
-    """Poorly cohesive tumour cell: signet-ring (mucin, eccentric dark nucleus) or histiocyte-like."""
+    """Poorly cohesive tumour cell: signet-ring (mucin, eccentric dark nucleus) or histiocyte-like.
+
+    Returns the sprite and whether it is a signet ring."""
     xx, yy = _coords(k)
     cell_r = rng.uniform(13, 20)
     cyto_d = _shape_distance(
@@ -218,7 +229,8 @@ def _diffuse(rng, k):
     a = _soft(cyto_d, 1.0)
     membrane = np.clip(1.0 + cyto_d / 1.5, 0, 1) * a
     ang = rng.uniform(0, 2 * np.pi)
-    if rng.random() < 0.5:  # signet ring
+    signet = rng.random() < 0.5
+    if signet:
         e = (rng.uniform(0.1, 0.18) + 0.2 * membrane) * a
         h = (rng.uniform(0.08, 0.14) + 0.08 * membrane) * a
         off = cell_r * 0.55
@@ -258,7 +270,7 @@ def _diffuse(rng, k):
             1.2,
             1,
         )
-    return _over((h, e, a), nuc)
+    return _over((h, e, a), nuc), signet
 
 
 def _histiocyte(rng, k):
@@ -356,6 +368,100 @@ def _plasma(rng, k):
     return _over((h, e, a), (chromatin * an, 0.05 * an, an))
 
 
+def _centroblast(rng, k):
+    """Germinal-centre blast: large round vesicular nucleus (~9 um), pale open chromatin under a thin
+    dark membrane, one or two nucleoli against the membrane, a narrow rim of basophilic cytoplasm."""
+    xx, yy = _coords(k)
+    r = rng.uniform(8.5, 10.5)
+    ang = rng.uniform(0, np.pi)
+    cell_d = _shape_distance(xx, yy, 0, 0, r + rng.uniform(2.0, 3.5), r + 2.0, ang, _harmonics(rng, 0.06))
+    ca = _soft(cell_d, 0.9)
+    cell = (0.14 * ca, rng.uniform(0.14, 0.22) * ca, ca)
+    d = _shape_distance(xx, yy, 0, 0, r, r * rng.uniform(0.85, 1.0), ang, _harmonics(rng, 0.05))
+    # open chromatin: coarse pale clumps, so the interior is mostly light with a few darker flecks
+    h, e, a = _chromatin_body(rng, d, rng.uniform(0.8, 0.95), rng.uniform(0.3, 0.4), 1.4, 0.5)
+    for t in rng.uniform(0, 2 * np.pi, int(rng.integers(1, 3))):
+        rho = r * rng.uniform(0.55, 0.7)
+        an = _soft(np.hypot(xx - rho * np.cos(t), yy - rho * np.sin(t)) - rng.uniform(1.3, 1.9)) * a
+        h = h * (1 - an) + 0.9 * an
+        e = e * (1 - an) + 0.35 * an
+    return _over(cell, (h, e, a))
+
+
+def _kidney_nucleus(rng, xx, yy, cx, cy, r, angle):
+    """Signed distance of a bean-shaped nucleus: an oval with a notch bitten out of one long side."""
+    d = _shape_distance(xx, yy, cx, cy, r, r * rng.uniform(0.6, 0.75), angle, _harmonics(rng, 0.05))
+    notch_r = r * rng.uniform(0.35, 0.6)
+    side = angle + np.pi / 2
+    nx, ny = cx + np.cos(side) * r * 0.75, cy + np.sin(side) * r * 0.75
+    return np.maximum(d, notch_r - np.hypot(xx - nx, yy - ny))
+
+
+def _foamy_histiocyte(rng, k):
+    """Sinus histiocyte: large cell with pale, finely vacuolated (foamy) cytoplasm and indistinct
+    borders; pale folded or kidney-shaped nucleus with fine chromatin, off centre."""
+    xx, yy = _coords(k)
+    cell_r = rng.uniform(15, 23)
+    cyto_d = _shape_distance(
+        xx, yy, 0, 0, cell_r, cell_r * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi), _harmonics(rng, 0.15)
+    )
+    a = _soft(cyto_d, 2.5) * 0.92
+    # foam: many small vacuoles (~1-2 um), low contrast, with thin eosinophilic walls between them
+    vac = np.zeros_like(xx)
+    for _ in range(int(cell_r * 4)):
+        vx, vy = rng.uniform(-cell_r, cell_r, 2)
+        vac = np.maximum(vac, _soft(np.hypot(xx - vx, yy - vy) - rng.uniform(1.0, 2.2), 1.0))
+    e = rng.uniform(0.16, 0.24) * (1.0 - 0.35 * vac) * a
+    h = rng.uniform(0.04, 0.06) * (1.0 - 0.3 * vac) * a
+    ang = rng.uniform(0, 2 * np.pi)
+    off = cell_r * rng.uniform(0.2, 0.45)
+    cx, cy, nr = np.cos(ang) * off, np.sin(ang) * off, rng.uniform(8, 11)
+    d = _kidney_nucleus(rng, xx, yy, cx, cy, nr, ang + np.pi / 2)
+    nh, ne, na = _chromatin_body(rng, d, rng.uniform(0.6, 0.75), rng.uniform(0.3, 0.4), 0.8, 0.15)
+    if rng.random() < 0.4:  # a nuclear fold: a thin darker groove along the long axis
+        along = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
+        across = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang) - rng.uniform(-1.5, 1.5)
+        nh = np.maximum(nh, 0.55 * np.exp(-(across**2) / 0.8) * (np.abs(along) < 0.6 * nr) * na)
+    return _over((h, e, a), (nh, ne, na))
+
+
+def _signet_ring(rng, k):
+    """Signet-ring cell: a clear mucin vacuole fills the cell and presses the dark nucleus into a
+    crescent against the membrane; a thin rim of eosinophilic cytoplasm. Smaller than the DIFFUSE
+    bodies, so neighbours drawn later in a crowded deposit rarely cover the peripheral crescent."""
+    xx, yy = _coords(k)
+    cell_r = rng.uniform(12, 17)
+    cyto_d = _shape_distance(
+        xx, yy, 0, 0, cell_r, cell_r * rng.uniform(0.85, 1.0), rng.uniform(0, np.pi), _harmonics(rng, 0.06)
+    )
+    a = _soft(cyto_d, 0.9)
+    membrane = np.clip(1.0 + cyto_d / 1.5, 0, 1) * a
+    ang = rng.uniform(0, 2 * np.pi)
+    vac_r = cell_r * rng.uniform(0.62, 0.72)
+    vx, vy = -np.cos(ang) * cell_r * 0.12, -np.sin(ang) * cell_r * 0.12
+    vac_d = np.hypot(xx - vx, yy - vy) - vac_r
+    vac = _soft(vac_d, 1.0)
+    # mucin: nearly clear, a faint grey-blue wisp; cytoplasm around it pink
+    wisp = np.clip(_grain(rng, k, 2.0), 0.0, 2.0)
+    e = ((0.26 + 0.1 * membrane) * (1 - vac) + (0.03 + 0.02 * wisp) * vac) * a
+    h = ((0.07 + 0.05 * membrane) * (1 - vac) + (0.04 + 0.02 * wisp) * vac) * a
+    off = cell_r * rng.uniform(0.6, 0.7)
+    nr = rng.uniform(7, 10)
+    d = _shape_distance(
+        xx,
+        yy,
+        np.cos(ang) * off,
+        np.sin(ang) * off,
+        nr,
+        nr * rng.uniform(0.6, 0.75),
+        ang + np.pi / 2,
+        _harmonics(rng, 0.1),
+    )
+    d = np.maximum(d, -vac_d)  # moulded by the vacuole: a crescent
+    nuc = _chromatin_body(rng, d, 1.15, rng.uniform(0.85, 1.05), 1.0)
+    return _over((h, e, a), nuc)
+
+
 def _stack(items, mode, per_angle=0) -> Bank:
     hs, es, als = [], [], []
     for it in items:
@@ -376,7 +482,7 @@ def _oriented(rng, maker, per_angle):
 
 def _build() -> dict[int, Bank]:
     rng = np.random.default_rng(20221015)
-    return {
+    built = {
         LYMPH: _stack([_lymph(rng, 17, True) for _ in range(48)], "max"),
         GC_CELL: _stack([_lymph(rng, 21, False) for _ in range(32)], "max"),
         CRUSHED: _stack(
@@ -405,28 +511,62 @@ def _build() -> dict[int, Bank]:
         ),
         TUMOUR: _stack([_tumour(rng, 49) for _ in range(64)], "over"),
         COLUMNAR: _stack(_oriented(rng, lambda r, a: _columnar(r, 49, a, False), 4), "over", 4),
-        DIFFUSE: _stack([_diffuse(rng, 45) for _ in range(48)], "over"),
+        DIFFUSE: [_diffuse(rng, 45) for _ in range(48)],
         HISTIOCYTE: _stack([_histiocyte(rng, 53) for _ in range(48)], "over"),
         ENDOTHELIAL: _stack(_oriented(rng, lambda r, a: _endothelial(r, 27, a), 2), "over", 2),
         BENIGN: _stack(_oriented(rng, lambda r, a: _columnar(r, 49, a, True), 3), "over", 3),
         # Later banks draw from their own streams: each is what it is whatever the banks before it.
         RED_CELL: _stack([_red_cell(np.random.default_rng([20221015, 10, i]), 19) for i in range(24)], "max"),
         PLASMA: _stack([_plasma(np.random.default_rng([20221015, 11, i]), 25) for i in range(32)], "max"),
+        CENTROBLAST: _stack(
+            [_centroblast(np.random.default_rng([20221015, 12, i]), 27) for i in range(32)], "max"
+        ),
+        FOAMY_HISTIOCYTE: _stack(
+            [_foamy_histiocyte(np.random.default_rng([20221015, 13, i]), 53) for i in range(48)], "over"
+        ),
     }
+    diffuse = built[DIFFUSE]
+    built[DIFFUSE] = _stack([sprite for sprite, _ in diffuse], "over")
+    # One signet ring for each signet DIFFUSE variant, the same variant index: the scanned look swaps
+    # them one for one (scanned_cells), keeping the share of signet rings among diffuse cells.
+    built[SIGNET] = _stack(
+        [
+            _signet_ring(np.random.default_rng([20221015, 14, i]), 45) if signet else sprite
+            for i, (sprite, signet) in enumerate(diffuse)
+        ],
+        "over",
+    )
+    return built, np.array([signet for _, signet in diffuse])
 
 
 _BANKS: dict[int, Bank] | None = None
+_DIFFUSE_SIGNET: np.ndarray | None = None
 _LOCK = threading.Lock()
 
 
 def banks() -> dict[int, Bank]:
     """All sprite banks, built on first use (thread-safe)."""
-    global _BANKS
+    global _BANKS, _DIFFUSE_SIGNET
     if _BANKS is None:
         with _LOCK:
             if _BANKS is None:
-                _BANKS = _build()
+                _BANKS, _DIFFUSE_SIGNET = _build()
     return _BANKS
+
+
+def diffuse_signet() -> np.ndarray:
+    """(n_variants,) bool: which DIFFUSE variants are signet rings (the others histiocyte-like)."""
+    banks()
+    return _DIFFUSE_SIGNET
+
+
+def scanned_cells(bank: np.ndarray, variant: np.ndarray) -> np.ndarray:
+    """Bank ids of the "scanned" look for a layout's cells: foamy histiocytes for HISTIOCYTE, signet
+    rings for the signet DIFFUSE variants (same variant index); every other cell keeps its bank."""
+    signet = diffuse_signet()
+    out = np.where(bank == HISTIOCYTE, FOAMY_HISTIOCYTE, bank)
+    is_signet = (bank == DIFFUSE) & signet[variant % len(signet)]
+    return np.where(is_signet, SIGNET, out).astype(bank.dtype)
 
 
 def max_radius() -> int:
