@@ -79,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = demo_helpers()
     work = Path(tempfile.mkdtemp(prefix="bench-batch-load-"))
-    state = demo.start_stack()
-    image_id = demo.build_image(args.image, work)
-    admin = json.loads(Path(state["admin_file"]).read_text())
-    gc = girder_client.GirderClient(apiUrl=state["api_url"])
-    gc.authenticate(admin["login"], admin["password"])
-    demo.register_image(gc, args.image, image_id)
+    state, _, gc = demo.stack_with_image(args.image, work)
     before = gc.get("system/setting", parameters={"key": "lnassist.batch_max_in_flight"})
     gc.put("system/setting", parameters={"key": "lnassist.batch_max_in_flight", "value": args.bound})
 

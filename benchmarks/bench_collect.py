@@ -86,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = demo_helpers()
     work = Path(tempfile.mkdtemp(prefix="bench-collect-"))
-    state = demo.start_stack()
-    image_id = demo.build_image(args.image, work)
-    admin = json.loads(Path(state["admin_file"]).read_text())
-    gc = girder_client.GirderClient(apiUrl=state["api_url"])
-    gc.authenticate(admin["login"], admin["password"])
-    demo.register_image(gc, args.image, image_id)
+    state, _, gc = demo.stack_with_image(args.image, work)
     tag = uuid.uuid4().hex[:6]
     collection = gc.createCollection(f"bench-collect-{tag}", public=False)
     study = gc.createFolder(collection["_id"], "study", parentType="collection")
@@ -131,15 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     while (job := gc.get(f"job/{job['_id']}"))["status"] not in (3, 4, 5):
         time.sleep(2)
     gc.delete(f"api_key/{key['_id']}")
+    listed = gc.get("lnassist/models")
     gc.put("system/setting", parameters={"key": "lnassist.models_folder", "value": before})
     if job["status"] != JOB_SUCCESS:
         raise SystemExit("".join(job.get("log", []))[-3000:])
     stamps = {t["status"]: datetime.fromisoformat(t["time"]) for t in job.get("timestamps", [])}
     started = stamps.get(2)
     ended = datetime.fromisoformat(job["updated"])
-    version = next(
-        v for v in gc.get("lnassist/models")["versions"] if v["dataset"]["snapshot_id"] == snapshot["id"]
-    )
+    version = next(v for v in listed["versions"] if v["dataset"]["snapshot_id"] == snapshot["id"])
     figures = {
         "command": "python benchmarks/bench_collect.py " + " ".join(argv or sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

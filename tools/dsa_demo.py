@@ -133,6 +133,18 @@ def register_image(gc: girder_client.GirderClient, image: str, image_id: str) ->
     gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": image})
 
 
+def stack_with_image(image: str, out: Path) -> tuple[dict, dict, girder_client.GirderClient]:
+    """The stack running and ``image`` built and registered as the analysis image: (the stack's
+    state, the admin's login, a client logged in as the admin). The demo and the benchmarks start so."""
+    state = start_stack()
+    image_id = build_image(image, out)
+    admin = json.loads(Path(state["admin_file"]).read_text())
+    gc = girder_client.GirderClient(apiUrl=state["api_url"])
+    gc.authenticate(admin["login"], admin["password"])
+    register_image(gc, image, image_id)
+    return state, admin, gc
+
+
 # ------------------------------------------------------------------------------------ slides
 
 
@@ -219,9 +231,7 @@ def analyse(gc: girder_client.GirderClient, folder: dict, slides: list[dict]) ->
     while True:
         result = summary(gc, folder["_id"])
         rows = {row["item_id"]: row for row in result["rows"]}
-        new = [
-            rows[i]["analysed"] and rows[i]["annotation_id"] != before.get(i) for i in jobs if i in rows
-        ]
+        new = [rows[i]["analysed"] and rows[i]["annotation_id"] != before.get(i) for i in jobs if i in rows]
         if len(new) == len(jobs) and all(new):
             return result
         if time.monotonic() > deadline:
@@ -270,12 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        state = start_stack()
-        image_id = build_image(args.image, args.out)
-        admin = json.loads(Path(state["admin_file"]).read_text())
-        gc = girder_client.GirderClient(apiUrl=state["api_url"])
-        gc.authenticate(admin["login"], admin["password"])
-        register_image(gc, args.image, image_id)
+        state, admin, gc = stack_with_image(args.image, args.out)
         folder, slides = study_slides(gc, args.collection, args.out)
         step(f"collection '{args.collection}', folder '{FOLDER}': {len(slides)} slides")
         result = analyse(gc, folder, slides)
