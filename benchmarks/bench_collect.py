@@ -7,7 +7,9 @@ CLI's ingest stores it (its outlines are the ground truth's, labels and scores m
 "accepted" review. Then
 
 - ``lnassist collect`` runs as a subprocess (as an ML engineer runs it, API key in the environment):
-  wall time, regions/s, MB/s of region files written, and the subprocess's peak resident memory;
+  wall time, regions/s, megapixels/s and MB/s (RGB fetched; JPEG TIFF written), and the command
+  process's own peak resident memory; then the same collect as a library call in a bare process
+  (its data path's peak memory, without what the command line imports for other commands);
 - the LNRetrain job (``POST /lnassist/retrain``, 1 epoch, CPU) runs on the same folder: wall time
   from the job's own timestamps, and the held-out numbers it uploaded.
 
@@ -24,7 +26,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     key = gc.post("api_key", parameters={"name": f"bench-{tag}", "scope": "null"})
 
     out = work / "dataset"
-    command = [sys.executable, "-m", "lnassist", "collect", "--api-url", state["api_url"],
+    # The command in a process that reports its own peak memory (the benchmark's other children,
+    # Docker builds among them, would hide it in RUSAGE_CHILDREN).
+    measured = (
+        "import resource, sys; from lnassist.commands import main; code = main(sys.argv[1:]); "
+        "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    command = [sys.executable, "-c", measured, "collect", "--api-url", state["api_url"],
                "--folder", study["_id"], "--out", str(out), "--quiet"]  # fmt: skip
     start = time.monotonic()
     result = subprocess.run(
@@ -111,7 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     collect_s = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(result.stderr)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_rss_mb = int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) / 1024
+    # The same collect as a library call in a bare process: the data path's own peak memory, without
+    # what the ``lnassist`` parser imports for other commands (torch, scipy).
+    library = (
+        "import resource, sys; from lnassist.collect import collect, connect; "
+        "collect(connect(sys.argv[1]), sys.argv[2], sys.argv[3]); "
+        "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
+    bare = subprocess.run(
+        [sys.executable, "-c", library, state["api_url"], study["_id"], str(work / "dataset-library")],
+        env={**os.environ, "GIRDER_API_KEY": key["key"]},
+        capture_output=True,
+        text=True,
+    )
+    if bare.returncode != 0:
+        raise SystemExit(bare.stderr)
+    library_rss_mb = int(bare.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) / 1024
     snapshot = json.loads((out / "snapshot.json").read_text())
     regions = snapshot["fetch"]["regions_fetched"]
     region_bytes = snapshot["fetch"]["bytes_fetched"]
@@ -147,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             "megapixels_per_s": round(pixels / 1e6 / collect_s, 2),
             "region_mb_written": round(region_bytes / 1e6, 1),
             "mb_per_s_written": round(region_bytes / 1e6 / collect_s, 2),
-            "peak_rss_mb": round(peak_rss_mb, 0),
+            "rgb_mb_per_s": round(pixels * 3 / 1e6 / collect_s, 2),
+            "peak_rss_mb_command": round(peak_rss_mb, 0),
+            "peak_rss_mb_library_call": round(library_rss_mb, 0),
         },
         "retrain_job": {
             "epochs": 1,
