@@ -96,6 +96,8 @@ def loop(configured: Dsa, tmp_path_factory: pytest.TempPathFactory):
     models = gc.createFolder(collection["_id"], "models", parentType="collection")
     before = gc.get("system/setting", parameters={"key": "lnassist.models_folder"})
     gc.put("system/setting", parameters={"key": "lnassist.models_folder", "value": models["_id"]})
+    # Set again: the settings tests of other modules put every setting back to its default.
+    gc.put("system/setting", parameters={"key": "lnassist.analysis_image", "value": configured.image})
     path = make_user(gc, api_url, f"lnpath{suffix}")
     engineer = make_user(gc, api_url, f"lnml{suffix}")
     grant(gc, study["_id"], path, 1)
