@@ -170,6 +170,17 @@ class Page:
         )
         self.page.wait_for_timeout(300)
 
+    def settled_bounds(self, timeout_ms: int = 20_000) -> dict:
+        """The map's bounds once a pan or zoom animation has ended (two reads 500 ms apart agree)."""
+        bounds = self.map_bounds()
+        for _ in range(timeout_ms // 500):
+            self.page.wait_for_timeout(500)
+            now = self.map_bounds()
+            if now == bounds:
+                break
+            bounds = now
+        return bounds
+
     def idle(self, ms: int = 4000) -> None:
         """Let tiles and annotations draw (geojs has no 'all drawn' event for overlays)."""
         self.page.wait_for_load_state("networkidle")
@@ -437,13 +448,25 @@ def test_relabel_delete_and_review_in_the_viewer(browser, study: Study) -> None:
     wait_for_panel_counts(page, expected)
     # Delete another LN in the viewer: right-click inside it, "Delete" in HistomicsUI's menu.
     page.page.click(f".h-lnassist-ln[data-element-id='{second['element_id']}']")
-    page.page.wait_for_timeout(1500)
     import shapely
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     inside = shapely.Polygon(outline[second["element_id"]]).representative_point()
-    ((x, y),) = page.display_points([[inside.x, inside.y]])
-    page.page.mouse.click(x, y, button="right")
-    page.page.wait_for_selector("#h-annotation-context-menu .h-remove-elements", state="visible")
+    menu = "#h-annotation-context-menu .h-remove-elements"
+    # Right-click where the LN is once the zoom to it has ended; under load the first click can land
+    # while the view still moves, so it is tried again from the settled view.
+    for _ in range(3):
+        page.settled_bounds()
+        ((x, y),) = page.display_points([[inside.x, inside.y]])
+        page.page.mouse.click(x, y, button="right")
+        try:
+            page.page.wait_for_selector(menu, state="visible", timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            page.page.keyboard.press("Escape")
+    else:
+        page.shot("viewer-context-menu-missing")
+        raise AssertionError("HistomicsUI's context menu did not open on a right-click inside the LN")
     page.page.click("#h-annotation-context-menu .h-remove-elements")
     label_key = second["label"]
     expected = {**expected, label_key: expected[label_key] - 1, "total": expected["total"] - 1}
