@@ -40,6 +40,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -252,14 +253,10 @@ def _reviewed_document(
         version = summary["annotation"]["version"]
     else:
         version = int(review["annotation_version"])
-    record = _get(client, f"annotation/{annotation_id}", f"annotation {annotation_id}")
-    if record.get("_version") != version:
-        record = _get(
-            client,
-            f"annotation/{annotation_id}/history/{version}",
-            f"annotation {annotation_id} version {version}",
-        )
-    return record, version
+    if summary["annotation"]["version"] == version:
+        return _get(client, f"annotation/{annotation_id}", f"annotation {annotation_id}"), version
+    path = f"annotation/{annotation_id}/history/{version}"
+    return _get(client, path, f"annotation {annotation_id} version {version}"), version
 
 
 def _slides(client: Any, folder_id: str) -> list[dict[str, Any]]:
@@ -286,8 +283,6 @@ def collect(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Collect the folder's reviewed LNs into ``out_dir`` (see the module docstring); returns the snapshot."""
-    import time
-
     started = time.monotonic()
     say = progress or (lambda message: None)
     slides = _slides(client, folder_id)  # before anything is written: an unknown folder writes nothing

@@ -110,16 +110,14 @@ def upload(
     name: str,
     weights: Path,
     card: Path,
-    record: Mapping[str, Any],
+    record: Path,
     metadata: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A new version item ``name`` in the models folder: weights, card and record, then its
+    """A new version item ``name`` in the models folder: weights, card and candidate record, then its
     ``lnassist_model`` metadata (written last: an item without it is no version)."""
     item = client.createItem(models_folder_id, name, description="lnassist classifier version")
     uploaded = client.uploadFileToItem(item["_id"], str(weights), filename=WEIGHTS_NAME)
     client.uploadFileToItem(item["_id"], str(card), filename=CARD_NAME)
-    record_path = weights.with_name(RECORD_NAME)
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
-    client.uploadFileToItem(item["_id"], str(record_path), filename=RECORD_NAME)
+    client.uploadFileToItem(item["_id"], str(record), filename=RECORD_NAME)
     meta = {**metadata, "file_id": uploaded["_id"], "sha256": sha256_of(weights)}
     return client.addMetadataToItem(item["_id"], {MODEL_META: meta})

@@ -157,8 +157,7 @@ def truth_label(loop: Loop, name: str, element: dict) -> int:
 
 
 def retrain_job(loop: Loop, **parameters) -> dict:
-    job = loop.dsa.gc.post("lnassist/retrain", parameters={"folderId": loop.study["_id"], **parameters})
-    return job
+    return loop.dsa.gc.post("lnassist/retrain", parameters={"folderId": loop.study["_id"], **parameters})
 
 
 def versions_in(loop: Loop) -> list[dict]:

@@ -91,7 +91,7 @@ def main(args: argparse.Namespace, cli_name: str) -> None:
         name,
         work / "out" / "candidate.pt",
         work / "out" / "candidate.md",
-        record,
+        work / "out" / "candidate.json",
         {"kind": "classifier", "id": name, "dataset_item_id": dataset_item_id, "record": record},
     )
     held = record["heldout"]

@@ -66,13 +66,18 @@ def shipped() -> dict[str, Any] | None:
     return {"id": entry.id, "version": entry.version, "sha256": entry.sha256}
 
 
-def in_use() -> dict[str, Any] | None:
-    """{id, version, sha256} of the classifier analyses use now."""
-    item = promoted()
+def use_of(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """{id, version, sha256} of the classifier analyses use with ``item`` promoted (None: the shipped
+    default)."""
     if item is None:
         return shipped()
     meta = meta_of(item)
     return {"id": meta["id"], "version": versions.ref(str(item["_id"])), "sha256": meta["sha256"]}
+
+
+def in_use() -> dict[str, Any] | None:
+    """{id, version, sha256} of the classifier analyses use now."""
+    return use_of(promoted())
 
 
 def classifier_parameter(user: dict[str, Any]) -> str:
@@ -115,7 +120,8 @@ def list_versions(user: dict[str, Any]) -> dict[str, Any]:
     if folder is not None and not Folder().hasAccess(folder, user, AccessType.READ):
         raise AccessException("read access to the models folder is needed to list the model versions")
     state = versions.promotion((folder or {}).get("meta"), KIND)
-    use = in_use()
+    current = promoted()
+    use = use_of(current)
     items = []
     if folder is not None:
         found = Item().find(
@@ -126,7 +132,7 @@ def list_versions(user: dict[str, Any]) -> dict[str, Any]:
     return {
         "models_folder_id": str(folder["_id"]) if folder else None,
         "in_use": use,
-        "shipped": {**default, "source": "image", "promoted": promoted() is None} if default else None,
+        "shipped": {**default, "source": "image", "promoted": current is None} if default else None,
         "versions": items,
         "history": state["history"],
     }
