@@ -418,17 +418,19 @@ def test_schedule_fires_once_per_due_time_and_catches_up_once_after_downtime(
     def view():
         return next(s for s in gc.get("lnassist/schedule") if s["id"] == schedule["id"])
 
-    first = wait_until(lambda: view()["last_batch"], "the first run", 30)
-    assert first["origin"] == "schedule"
-    first = wait_for_batch(gc, first["id"])
-    # Girder down over two due times: one catch-up run after the restart, not two.
-    assert stack("kill-girder").returncode == 0
-    time.sleep(85)
-    assert stack("up").returncode == 0
-    second = wait_until(
-        lambda: (b := view()["last_batch"]) and b["id"] != first["id"] and b, "the catch-up", 60
-    )
-    gc.put(f"lnassist/schedule/{schedule['id']}", parameters={"enabled": "false"})
+    try:
+        first = wait_until(lambda: view()["last_batch"], "the first run", 30)
+        assert first["origin"] == "schedule"
+        first = wait_for_batch(gc, first["id"])
+        # Girder down over two due times: one catch-up run after the restart, not two.
+        assert stack("kill-girder").returncode == 0
+        time.sleep(85)
+        assert stack("up").returncode == 0
+        second = wait_until(
+            lambda: (b := view()["last_batch"]) and b["id"] != first["id"] and b, "the catch-up", 60
+        )
+    finally:  # a schedule left on would go on firing into every later test run on this database
+        gc.put(f"lnassist/schedule/{schedule['id']}", parameters={"enabled": "false"})
     batches = gc.get("lnassist/batch", parameters={"folderId": study["_id"]})
     assert [b["id"] for b in batches] == [second["id"], first["id"]]
     second = wait_for_batch(gc, second["id"])
