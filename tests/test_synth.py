@@ -27,7 +27,7 @@ from lnassist.commands.synth import add_cli
 from lnassist.manifest import read_manifest
 from lnassist.synth import SynthError, geometry
 from lnassist.synth import layout as L
-from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config
+from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config, plan_dataset
 from lnassist.synth.generate import gt_path_for, write_slide
 from lnassist.synth.render import LUT_E, LUT_H, render_concentrations, render_region
 from lnassist.synth.stain import concentrations_to_rgb
@@ -272,11 +272,18 @@ def test_dataset_manifest_matches_ground_truth(tmp_path):
         train=SplitConfig(1, ("A",)),
         val=SplitConfig(0),
         test=SplitConfig(1, ("C",), {ITC: 1.0}),
+        unseen=SplitConfig(1, ("E",), {ITC: 1.0}, {"diffuse": 1.0}),
     )
     manifest = build_dataset(tmp_path, cfg, workers=2)
     rows = read_manifest(manifest)
-    assert {r["split"] for r in rows} == {"train", "test"}
-    for split, site in (("train", "A"), ("test", "C")):
+    assert {r["split"] for r in rows} == {"train", "test", "unseen"}
+    # The composition in dataset.json is the plan's, made from the layouts alone.
+    composition = json.loads((tmp_path / "dataset.json").read_text())["composition"]
+    assert composition == plan_dataset(cfg)
+    n_itc = sum(r["category"] == ITC for r in rows if r["split"] == "unseen")
+    assert composition["unseen"]["itc_kinds"] == {"diffuse": n_itc} and n_itc >= 1
+    assert composition["unseen"]["sites"] == {"E": 1} and composition["train"]["n_slides"] == 1
+    for split, site in (("train", "A"), ("test", "C"), ("unseen", "E")):
         srows = [r for r in rows if r["split"] == split]
         gt = json.loads((tmp_path / srows[0]["ground_truth"]).read_text())
         assert (tmp_path / srows[0]["slide"]).exists()
@@ -355,3 +362,25 @@ def test_bad_render_and_writer_arguments(small_layout, tmp_path):
         load_config(bad_yaml)
     with pytest.raises(SynthError, match="mix"):
         DatasetConfig(test=SplitConfig(1, ("A",), {"nonsense": 1.0})).validate()
+    with pytest.raises(SynthError, match="tumour-type mix"):
+        DatasetConfig(test=SplitConfig(1, ("A",), tumour_mix={"lobular": 1.0})).validate()
+    with pytest.raises(SynthError, match=r"unseen split uses sites \['B'\]"):
+        DatasetConfig(unseen=SplitConfig(2, ("B", "E"))).validate()
+
+
+@pytest.mark.slow
+def test_the_issue_15_data_set_can_measure_what_it_is_for():
+    """models/synth-scanned-v2.yaml: validation >= 100 LNs with >= 25 ITC nodes of each kind, test
+    >= 150 LNs, 50-100 training slides, and an unseen split whose sites no train/val slide has."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "models" / "synth-scanned-v2.yaml")
+    plan = plan_dataset(cfg)
+    assert 50 <= plan["train"]["n_slides"] <= 100
+    assert (
+        plan["val"]["n_lns"] >= 100
+        and min(plan["val"]["itc_kinds"].get(k, 0) for k in ("cohesive", "diffuse")) >= 25
+    )
+    assert plan["test"]["n_lns"] >= 150
+    seen = set(plan["train"]["sites"]) | set(plan["val"]["sites"])
+    assert plan["unseen"]["n_lns"] >= 100 and not seen & set(plan["unseen"]["sites"])

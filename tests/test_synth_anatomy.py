@@ -194,21 +194,30 @@ def test_plasma_cells_populate_the_medullary_cords_only(monkeypatch):
     assert np.array_equal(whole, stitched)
 
 
-def test_centroblasts_only_in_germinal_centres():
+@pytest.mark.parametrize(
+    ("bank_id", "p", "grid_px", "at_least"),
+    [
+        (sprites.CENTROBLAST, R.SCENES["scanned"].centroblast_p, R.CENTROBLAST_GRID_PX, 20),
+        (sprites.TINGIBLE_BODY, R.SCENES["scanned"].tingible_p, R.TINGIBLE_GRID_PX, 2),
+    ],
+)
+def test_germinal_cells_only_in_germinal_centres(bank_id, p, grid_px, at_least):
+    """Centroblasts and tingible-body macrophages: only in germinal centres, at their density."""
     lay = _layout(1, size=14000, categories=(NEGATIVE,))
     follicle = next(op for op in lay.paint if op.region == L.GERMINAL)
     x0, y0 = (follicle.polygon.mean(0) - 300).astype(int).tolist()
     w = h = 600
     pad = sprites.max_radius() + 1
     label_pad = R._region_map(lay, x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
-    cx, cy, _ = R.centroblast_centres(lay, label_pad, pad, x0, y0, w, h, R.SCENES["scanned"].centroblast_p)
-    assert len(cx) > 20
+    cx, cy, _ = R.germinal_cell_centres(lay, label_pad, pad, x0, y0, w, h, bank_id, p)
+    assert len(cx) > at_least
     assert (label_pad[cy - (y0 - pad), cx - (x0 - pad)] == L.GERMINAL).all()
-    # the follicle centres in view hold about centroblast_p of one per 22 px cell
-    centre_px = (label_pad[pad : pad + h, pad : pad + w] == L.GERMINAL).sum()
-    assert 0.5 < len(cx) / (centre_px / R.CENTROBLAST_GRID_PX**2 * R.SCENES["scanned"].centroblast_p) < 1.5
+    # the follicle centres in view (and the margin cells can reach from) hold about p per grid cell
+    reach = sprites.banks()[bank_id].size // 2
+    centre_px = (label_pad[pad - reach : pad + h + reach, pad - reach : pad + w + reach] == L.GERMINAL).sum()
+    assert 0.5 < len(cx) / (centre_px / grid_px**2 * p) < 1.5
     # the vector look draws none: its germinal centres keep their own sprites
-    assert R.SCENES["vector"].centroblast_p == 0.0
+    assert R.SCENES["vector"].centroblast_p == R.SCENES["vector"].tingible_p == 0.0
     edge_x0, edge_y0 = follicle.polygon[0].astype(int).tolist()
     whole, stitched = render_in_pieces(lay, edge_x0 - 350, edge_y0 - 295)
     assert np.array_equal(whole, stitched)
@@ -249,3 +258,66 @@ def test_histiocytes_are_foamy_in_scanned_and_unchanged_in_vector():
     # every foamy histiocyte is a listed mimic cell, and every listed histiocyte is drawn foamy
     assert {tuple(c) for c in foamy} == {tuple(c) for c in mimic_cells}
     assert not np.isin(vector.cells.bank, (sprites.FOAMY_HISTIOCYTE, sprites.SIGNET)).any()
+
+
+EXTRANODAL_REGIONS = (L.DERMIS, L.EPIDERMIS, L.KERATIN, L.MUSCLE)
+
+
+def test_extranodal_tissue_lies_outside_every_node_and_keeps_the_nodes():
+    """Skin, muscle and a fat lobule on request: each drawn where its outline says, with its own
+    tissue; no node pixel is ever extranodal; the nodes are those of the slide without them."""
+    kinds = ("skin", "muscle", "fat")
+    lay = _layout(5, n_nodes=2, extranodal=kinds)
+    plain = _layout(5, n_nodes=2, extranodal=())
+    assert plain.extranodal == [] and [p.kind for p in lay.extranodal] == list(kinds)
+    for a, b in zip(lay.nodes, plain.nodes, strict=True):
+        np.testing.assert_array_equal(a.contour, b.contour)
+    expected = {"skin": {L.DERMIS, L.EPIDERMIS}, "muscle": {L.MUSCLE}, "fat": {L.FAT}}
+    for piece in lay.extranodal:
+        lo = np.maximum(np.floor(piece.outline.min(0)).astype(int), 0)
+        hi = np.minimum(np.ceil(piece.outline.max(0)).astype(int), lay.width_px)
+        x0, y0 = lo.tolist()
+        w, h = (hi - lo).tolist()
+        region = R._region_map(lay, x0, y0, w, h)
+        inside = _mask(piece.outline, x0, y0, w, h)
+        found = set(np.unique(region[inside]).tolist())
+        assert expected[piece.kind] <= found, (piece.kind, found)
+        for node in lay.nodes:
+            assert not _mask(node.contour, x0, y0, w, h)[inside].any()
+    for node in lay.nodes:  # the other way round: inside a node, never extranodal tissue
+        lo = np.floor(node.contour.min(0)).astype(int)
+        w, h = (np.ceil(node.contour.max(0)).astype(int) - lo).tolist()
+        region = R._region_map(lay, int(lo[0]), int(lo[1]), w, h)
+        assert not np.isin(
+            region[_mask(node.contour, int(lo[0]), int(lo[1]), w, h)], EXTRANODAL_REGIONS
+        ).any()
+
+
+def test_extranodal_tissue_renders_as_its_tissue_and_seamlessly():
+    lay = _layout(5, n_nodes=2, extranodal=("skin", "muscle"))
+    skin, muscle = lay.extranodal
+    band = next(poly for name, poly in skin.parts if name == "epidermis")
+    i = len(band) // 4
+    on_band = (band[i] + band[-1 - i]) / 2  # the middle of the band (its sides run out and back)
+    means = {}
+    for centre in (on_band, muscle.outline.mean(0)):
+        x0, y0 = np.clip(np.round(centre).astype(int) - 300, 0, lay.width_px - 600).tolist()
+        H, E, region = R.render_concentrations(lay, x0, y0, 600, 600)
+        for r in (L.DERMIS, L.EPIDERMIS, L.MUSCLE):
+            if (region == r).sum() > 5000:
+                means[r] = (float(H[region == r].mean()), float(E[region == r].mean()))
+    # Keratinocyte nuclei make the epidermis far more basophilic than dermis; muscle is eosin.
+    assert {L.DERMIS, L.EPIDERMIS, L.MUSCLE} <= set(means)
+    assert means[L.EPIDERMIS][0] > 2 * means[L.DERMIS][0]
+    assert means[L.MUSCLE][1] > means[L.MUSCLE][0] * 5 and means[L.DERMIS][1] > means[L.DERMIS][0] * 5
+    x, y = np.round(skin.outline[0] - (350, 300)).astype(int)  # a window across the skin's edge
+    whole, stitched = render_in_pieces(lay, int(np.clip(x, 0, None)), int(np.clip(y, 0, None)))
+    np.testing.assert_array_equal(whole, stitched)
+
+
+def test_extranodal_tissue_only_in_the_scanned_look_and_known_kinds():
+    assert _layout(5, "vector", extranodal=("skin",)).extranodal == []
+    drawn = [len(_layout(seed, size=12000).extranodal) for seed in range(12)]
+    assert sum(drawn) >= 6 and 0 in drawn  # drawn per slide, not on every one
+    with pytest.raises(Exception, match="unknown extranodal tissue"):
+        _layout(5, extranodal=("liver",))

@@ -4,12 +4,14 @@ slides and their ``manifest.jsonl``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from typing import Any
 
 from lnassist.categories import CATEGORIES
 from lnassist.commands.args import positive_int
+from lnassist.synth.dataset import SPLITS
 from lnassist.synth.layout import LOOKS, MPP_20X, TUMOUR_TYPES
 from lnassist.synth.stain import SITES
 
@@ -59,7 +61,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_synth_dataset(args: argparse.Namespace) -> int:
-    from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config
+    from lnassist.synth.dataset import DatasetConfig, SplitConfig, build_dataset, load_config, plan_dataset
 
     cfg = load_config(args.config) if args.config else DatasetConfig()
     over = {
@@ -73,7 +75,7 @@ def run_synth_dataset(args: argparse.Namespace) -> int:
         if v is not None
     }
     cfg = replace(cfg, **over)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         n = getattr(args, f"n_{split}")
         sites = getattr(args, f"{split}_sites")
         sc: SplitConfig = getattr(cfg, split)
@@ -85,6 +87,9 @@ def run_synth_dataset(args: argparse.Namespace) -> int:
                 )
             },
         )
+    if args.plan:
+        print(json.dumps(plan_dataset(cfg), indent=1))
+        return 0
     manifest = build_dataset(args.out_dir, cfg, workers=args.workers, overwrite=args.overwrite)
     print(f"wrote {manifest}")
     return 0
@@ -129,11 +134,16 @@ def add_cli(subparsers: Any) -> None:
     d.add_argument("--width-px", type=positive_int, default=None)
     d.add_argument("--height-px", type=positive_int, default=None)
     d.add_argument("--look", choices=LOOKS, default=None, help="slide look (default: the config's, vector)")
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         d.add_argument(f"--n-{split}", type=int, default=None, help=f"number of {split} slides")
         d.add_argument(
             f"--{split}-sites", type=_sites, default=None, help=f"comma-separated sites for {split}"
         )
     d.add_argument("--workers", type=positive_int, default=2)
     d.add_argument("--overwrite", action="store_true", help="rebuild a data set folder that has a manifest")
+    d.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the composition per split (from the layouts) and write nothing",
+    )
     d.set_defaults(func=run_synth_dataset)

@@ -26,6 +26,9 @@ SITE_RATES = {
     "B": {"fold": 0.8, "tear": 0.3, "bubble": 0.8, "chatter": 0.2, "pen": 0.3, "dust": 0.5},
     "C": {"fold": 0.4, "tear": 0.5, "bubble": 0.3, "chatter": 0.2, "pen": 1.2, "dust": 0.4},
     "D": {"fold": 0.6, "tear": 0.8, "bubble": 0.4, "chatter": 0.9, "pen": 0.4, "dust": 1.2},
+    # Unseen sites. E: folded, marked slides; F: chatter and bubbles under the coverslip.
+    "E": {"fold": 1.2, "tear": 0.4, "bubble": 0.3, "chatter": 0.3, "pen": 1.0, "dust": 0.5},
+    "F": {"fold": 0.4, "tear": 0.6, "bubble": 1.0, "chatter": 1.0, "pen": 0.5, "dust": 0.8},
 }
 # Ink optical density per RGB channel (blue, green and black marker pens; grey dust).
 PEN_OD = {"blue": (0.75, 0.45, 0.08), "green": (0.7, 0.12, 0.55), "black": (0.8, 0.8, 0.75)}

@@ -80,6 +80,7 @@ def ground_truth(layout: L.SlideLayout) -> dict:
                 "scanner": asdict(layout.scanner),
                 "section": asdict(layout.section),
                 "artefacts": [a.to_dict() for a in layout.artefacts],
+                "extranodal": [{"kind": p.kind, "outline": _pts(p.outline)} for p in layout.extranodal],
             }
             if layout.look == "scanned"
             else {}

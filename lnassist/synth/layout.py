@@ -25,7 +25,7 @@ from lnassist.categories import (
     category_of_extent,
     label_of,
 )
-from lnassist.synth import SynthError, artefacts, geometry, optics, outline, sprites
+from lnassist.synth import SynthError, artefacts, extranodal, geometry, optics, outline, sprites
 from lnassist.synth.section import Section, draw_section
 from lnassist.synth.stain import StainSite, get_site
 
@@ -35,7 +35,17 @@ MAGNIFICATION_20X = 20.0
 # Region labels painted into the per-window label map (painter's order decides overlaps).
 GLASS, FAT, STROMA, CAPSULE, SINUS, CORTEX, MANTLE, GERMINAL, MEDULLA = range(9)
 TUMOUR, TUMOUR_DIFFUSE, HISTIO, CAUTERY, VESSEL, GLAND_LUMEN, FLOATER, HEV_LUMEN = range(9, 17)
-N_REGIONS = 17
+DERMIS, EPIDERMIS, KERATIN, MUSCLE = range(17, 21)  # extranodal tissue ("scanned" only)
+N_REGIONS = 21
+_PART_REGION = {
+    "fat": FAT,
+    "stroma": STROMA,
+    "vessel": VESSEL,
+    "dermis": DERMIS,
+    "epidermis": EPIDERMIS,
+    "keratin": KERATIN,
+    "muscle": MUSCLE,
+}
 
 TUMOUR_TYPES = ("intestinal", "diffuse", "mixed")
 CELL_BODY_RADIUS_PX = 22.0  # largest tumour-cell body radius in the sprite banks (px)
@@ -58,7 +68,7 @@ LOOKS = ("vector", "scanned")
 class Deposit:
     """One tumour focus. ``polygon`` encloses all its tumour cells (bodies included)."""
 
-    kind: str  # cohesive | glandular | diffuse | cluster | single
+    kind: str  # cohesive | glandular | diffuse | cluster | single (ITCs: diffuse, cluster, single)
     polygon: np.ndarray
     cells: np.ndarray  # (M, 2) centres
     extent_px: float
@@ -154,6 +164,7 @@ class SlideLayout:
     artefacts: tuple[artefacts.Artefact, ...]
     nodes: list[Node]
     floaters: list[Mimic]  # fragments on the glass, outside every node
+    extranodal: list[extranodal.Piece]  # skin, muscle, fat lobules: tissue that is no node
     paint: list[PaintOp]
     paint_bbox: np.ndarray  # (len(paint), 4)
     cells: CellTable
@@ -187,6 +198,8 @@ class LayoutConfig:
     look: str = "vector"
     # "scanned" only: artefact kinds to put on the slide (each once); None: drawn at the site's rates.
     artefacts: tuple[str, ...] | None = None
+    # "scanned" only: extranodal tissue kinds to add (each once, where there is room); None: drawn.
+    extranodal: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if not (isinstance(self.width_px, int | np.integer) and isinstance(self.height_px, int | np.integer)):
@@ -204,6 +217,8 @@ class LayoutConfig:
             raise SynthError(f"look must be one of {LOOKS}, got {self.look!r}")
         if self.artefacts is not None:
             artefacts.check_kinds(self.artefacts)
+        if self.extranodal is not None:
+            extranodal.check_kinds(self.extranodal)
         if self.categories is not None:
             bad = [c for c in self.categories if c not in CATEGORIES]
             if bad or not self.categories:
@@ -621,7 +636,7 @@ def _itc(b: _Builder, rng, f: _NodeFrame, mpp: float, tumour_type: str) -> list[
             b.cells(c[None], sprites.DIFFUSE, _random_variants(rng, sprites.DIFFUSE, 1))
             out.append(
                 Deposit(
-                    "single",
+                    "diffuse",
                     geometry.disks_hull(c[None], CELL_BODY_RADIUS_PX),
                     c[None],
                     2 * CELL_BODY_RADIUS_PX,
@@ -848,6 +863,17 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
                 floaters.append(_floater(b, frng, c, mpp))
                 break
 
+    pieces = []
+    if scanned:  # own stream, after the nodes: their layout is the same with or without these pieces
+        clear = [(n.centre, np.abs(n.contour - n.centre).max() + _um(mpp, 150)) for n in nodes]
+        clear += [(m.polygon.mean(0), np.abs(m.polygon - m.polygon.mean(0)).max()) for m in floaters]
+        pieces = extranodal.draw(
+            np.random.default_rng([cfg.seed, 5]), cfg.extranodal, (cfg.width_px, cfg.height_px), mpp, clear
+        )
+        for piece in pieces:
+            for part, poly in piece.parts:
+                b.paint(_PART_REGION[part], poly, background=True)
+
     # Scanner and section come from their own stream, so a look's node shapes never shift them.
     srng = np.random.default_rng([cfg.seed, 3])
     ops = b.ops()
@@ -869,6 +895,7 @@ def build_layout(cfg: LayoutConfig) -> SlideLayout:
         artefacts=_artefacts(cfg, nodes, floaters) if cfg.look == "scanned" else (),
         nodes=nodes,
         floaters=floaters,
+        extranodal=pieces,
         paint=ops,
         paint_bbox=np.array([op.bbox for op in ops], dtype=np.int64).reshape(-1, 4),
         cells=CellTable.build(xy, bank, variant, cfg.width_px),

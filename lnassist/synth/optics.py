@@ -41,6 +41,10 @@ SCANNERS: dict[str, Scanner] = {
     "B": Scanner(0.55, 2.2, 0.08, 1200, 0.04, 0.03, 3.5, 70),
     "C": Scanner(0.35, 1.6, 0.03, 900, 0.02, 0.015, 2.0, 90),
     "D": Scanner(0.65, 2.4, 0.1, 1500, 0.05, 0.035, 4.0, 60),
+    # Unseen sites: E a soft, often defocused scanner saving at low JPEG quality; F a noisy camera
+    # with strong stripe shading.
+    "E": Scanner(0.9, 3.0, 0.22, 1000, 0.04, 0.03, 3.0, 50),
+    "F": Scanner(0.5, 2.0, 0.06, 800, 0.08, 0.06, 6.0, 70),
 }
 
 

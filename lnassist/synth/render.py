@@ -33,6 +33,7 @@ SINUS_MESH_PX = 24  # sinus reticulin meshes ~11 um wide
 PLASMA_GRID_PX = 20  # plasma cells ~9 um: at most one per 20 px cell, among the cords' lymphocytes
 SIGNET_NUCLEUS_H = 0.5  # a signet-ring sprite's haematoxylin above this is its nucleus
 CENTROBLAST_GRID_PX = 22  # centroblasts ~10 um with their cytoplasm: at most one per 22 px cell
+TINGIBLE_GRID_PX = 90  # tingible-body macrophages ~20 um: at most one per 90 px (41 um) cell
 
 # Per region: background H, background E, lymphoid nucleus probability per grid cell, nucleus bank,
 # fibroblast probability per spindle-grid cell, collagen-fibre texture strength.
@@ -54,6 +55,12 @@ _REGIONS = {
     L.GLAND_LUMEN: (0.02, 0.06, 0.01, sprites.LYMPH, 0.0, 0.0),
     L.FLOATER: (0.05, 0.3, 0.01, sprites.LYMPH, 0.25, 0.4),
     L.HEV_LUMEN: (0.03, 0.12, 0.15, sprites.LYMPH, 0.0, 0.0),
+    # Extranodal: loose wavy dermal collagen; keratinocytes (vesicular nuclei, pink cytoplasm) about
+    # one per 15 um cell; pale laminated keratin; deeply eosinophilic muscle with sparse nuclei.
+    L.DERMIS: (0.03, 0.5, 0.003, sprites.LYMPH, 0.2, 0.6),
+    L.EPIDERMIS: (0.14, 0.32, 0.55, sprites.GC_CELL, 0.0, 0.0),
+    L.KERATIN: (0.0, 0.3, 0.0, sprites.LYMPH, 0.0, 0.5),
+    L.MUSCLE: (0.02, 0.8, 0.004, sprites.LYMPH, 0.1, 0.2),
 }
 _LUT = np.array([_REGIONS[r] for r in range(L.N_REGIONS)], dtype=np.float32)
 LUT_H, LUT_E, LUT_LYMPH_P, LUT_SPINDLE_P, LUT_FIBRE = (
@@ -73,7 +80,7 @@ class Scene:
     grain: str  # texture modulating H and E everywhere
     h_grain: float
     e_grain: float
-    chromatin: float  # granular modulation of H where H is nuclear (0: flat nuclei)
+    chromatin: float  # granular modulation of H where H is nuclear, per texture std (0: flat nuclei)
     stain_blotch: float  # uneven eosin staining of fibrous tissue at the bundle scale
     lut_e: np.ndarray  # background eosin per region
     lut_lymph_p: np.ndarray  # lymphoid nucleus probability per grid cell, per region
@@ -83,6 +90,7 @@ class Scene:
     plasma_p: float  # plasma cells per PLASMA_GRID_PX cell of the medullary cords
     lut_lymph_bank: np.ndarray  # sprite bank of the lymphoid nuclei, per region
     centroblast_p: float  # centroblasts per CENTROBLAST_GRID_PX cell of the germinal centres
+    tingible_p: float  # tingible-body macrophages per TINGIBLE_GRID_PX cell of the germinal centres
 
 
 # In "scanned", lymphoid tissue between nuclei is pale (real cortex is nuclei on a light background,
@@ -117,6 +125,7 @@ SCENES = {
         0.0,
         LUT_LYMPH_BANK,
         0.0,
+        0.0,
     ),
     # Lymphocytes one per ~6 um: distinct nuclei with pale gaps, overlapping where jitter brings
     # them together, as in real cortex (the count per mm^2 of real PCam tiles).
@@ -128,7 +137,7 @@ SCENES = {
         "grain_multi",
         0.35,
         0.35,
-        1.0,
+        0.3,
         0.3,
         _override(LUT_E, _SCANNED_E),
         _override(LUT_LYMPH_P, _SCANNED_LYMPH_P),
@@ -140,6 +149,7 @@ SCENES = {
         # over them, not the flat blast sprites of "vector".
         np.where(np.arange(L.N_REGIONS) == L.GERMINAL, sprites.LYMPH, LUT_LYMPH_BANK),
         0.4,
+        0.35,
     ),
 }
 CHROMATIN_H = 0.45  # H concentration above which a pixel counts as nuclear for the chromatin texture
@@ -329,18 +339,7 @@ def _plasma_cells(
     _stamp_max(E, bank, cx, cy, pick, 1.0, bank.e)
 
 
-def centroblast_centres(
-    layout: L.SlideLayout, label_pad: np.ndarray, pad: int, x0: int, y0: int, w: int, h: int, p: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cx, cy, variant) of the centroblasts that reach the window (global px), from hashed grid points
-    whose centre lies in a germinal centre."""
-    bank = sprites.banks()[sprites.CENTROBLAST]
-    cx, cy, hv = _hashed_centres(layout.seed, 26, CENTROBLAST_GRID_PX, bank.size // 2, x0, y0, w, h)
-    acc = (label_pad[cy - (y0 - pad), cx - (x0 - pad)] == L.GERMINAL) & (_hash_fraction(hv, 32) < p)
-    return cx[acc], cy[acc], (hv[acc] >> np.uint64(48)).astype(np.int64) % bank.n_variants
-
-
-def _centroblasts(
+def germinal_cell_centres(
     layout: L.SlideLayout,
     label_pad: np.ndarray,
     pad: int,
@@ -348,16 +347,45 @@ def _centroblasts(
     y0: int,
     w: int,
     h: int,
+    bank_id: int,
+    p: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cx, cy, variant) of the germinal-centre cells of one bank (centroblasts or tingible-body
+    macrophages) that reach the window (global px), from hashed grid points whose centre lies in a
+    germinal centre."""
+    stream, grid = _GERMINAL_CELLS[bank_id]
+    bank = sprites.banks()[bank_id]
+    cx, cy, hv = _hashed_centres(layout.seed, stream, grid, bank.size // 2, x0, y0, w, h)
+    acc = (label_pad[cy - (y0 - pad), cx - (x0 - pad)] == L.GERMINAL) & (_hash_fraction(hv, 32) < p)
+    return cx[acc], cy[acc], (hv[acc] >> np.uint64(48)).astype(np.int64) % bank.n_variants
+
+
+_GERMINAL_CELLS = {  # bank: (hash stream, grid px)
+    sprites.CENTROBLAST: (26, CENTROBLAST_GRID_PX),
+    sprites.TINGIBLE_BODY: (27, TINGIBLE_GRID_PX),
+}
+
+
+def _germinal_cells(
+    layout: L.SlideLayout,
+    label_pad: np.ndarray,
+    pad: int,
+    x0: int,
+    y0: int,
+    w: int,
+    h: int,
+    bank_id: int,
     p: float,
     H: np.ndarray,
     E: np.ndarray,
 ) -> None:
-    """Composite the germinal centres' centroblasts over the lymphocytes already stamped there.
+    """Composite one bank's germinal-centre cells over what is already drawn there.
 
-    The centroblasts are first merged with max among themselves (order-independent, so seamless) and
-    the merged layer then goes over H and E: their pale open nuclei hide the dense nuclei below."""
-    bank = sprites.banks()[sprites.CENTROBLAST]
-    cx, cy, pick = centroblast_centres(layout, label_pad, pad, x0, y0, w, h, p)
+    The cells are first merged with max among themselves (order-independent, so seamless) and the
+    merged layer then goes over H and E: their pale cytoplasm and open nuclei hide the dense nuclei
+    below."""
+    bank = sprites.banks()[bank_id]
+    cx, cy, pick = germinal_cell_centres(layout, label_pad, pad, x0, y0, w, h, bank_id, p)
     if len(cx) == 0:
         return
     layer_h, layer_e, layer_a = (np.zeros((h, w), np.float32) for _ in range(3))
@@ -512,14 +540,20 @@ def render_concentrations(
             scene.nucleus_gain,
             scene.lut_lymph_bank,
         )
-    if scene.centroblast_p and (label_pad == L.GERMINAL).any():
-        _centroblasts(layout, label_pad, pad, x0, y0, w, h, scene.centroblast_p, H, E)
+    if (scene.centroblast_p or scene.tingible_p) and (label_pad == L.GERMINAL).any():
+        for bank_id, p in (
+            (sprites.CENTROBLAST, scene.centroblast_p),
+            (sprites.TINGIBLE_BODY, scene.tingible_p),
+        ):
+            _germinal_cells(layout, label_pad, pad, x0, y0, w, h, bank_id, p, H, E)
     _explicit_cells(layout, x0, y0, w, h, H, E)
     H *= np.float32(1.0) + np.float32(0.08) * noise.value_noise(seed, 4, x0, y0, w, h, 900)
     if scene.chromatin:
         nuclear = np.clip((H - np.float32(CHROMATIN_H)) * np.float32(4.0), 0.0, 1.0)
         clumps = noise.texture_window(_texture("grain_fine"), x0 + 211, y0 + 733, w, h)
-        H *= np.float32(1.0) + np.float32(scene.chromatin) * nuclear * clumps
+        # Clipped at 2 std: clumps and clearings within a nucleus, never holes through it (a factor
+        # near zero left white speckles in the lymphocytes).
+        H *= np.float32(1.0) + np.float32(scene.chromatin) * nuclear * np.clip(clumps, -2.0, 2.0)
     if layout.look == "scanned":
         t = thickness(seed, layout.section, (layout.width_px, layout.height_px), x0, y0, w, h)
         H *= t

@@ -27,6 +27,7 @@ PLASMA = 11  # "scanned" medullary cords: stamped with max into both H and E
 # "scanned" cell kinds: centroblasts are hashed (composited over the germinal centre's lymphocytes);
 # foamy histiocytes and signet rings take the place of the layout's HISTIOCYTE and signet DIFFUSE cells.
 CENTROBLAST, FOAMY_HISTIOCYTE, SIGNET = 12, 13, 14
+TINGIBLE_BODY = 15  # germinal-centre macrophage holding apoptotic debris (the "starry sky")
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,36 @@ def _centroblast(rng, k):
     return _over(cell, (h, e, a))
 
 
+def _tingible_body(rng, k):
+    """Tingible-body macrophage: a large pale cell (~20 um) that clears the crowd of small nuclei
+    around it, a pale oval nucleus off centre, and a few dense round fragments of engulfed apoptotic
+    cells, each in a small clear halo."""
+    xx, yy = _coords(k)
+    cell_r = rng.uniform(17, 23)
+    cyto_d = _shape_distance(
+        xx, yy, 0, 0, cell_r, cell_r * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi), _harmonics(rng, 0.12)
+    )
+    a = _soft(cyto_d, 2.0) * 0.95
+    h, e = rng.uniform(0.03, 0.05) * a, rng.uniform(0.12, 0.18) * a
+    ang = rng.uniform(0, 2 * np.pi)
+    off = cell_r * rng.uniform(0.3, 0.5)
+    nx, ny, nr = np.cos(ang) * off, np.sin(ang) * off, rng.uniform(6, 8)
+    d = _shape_distance(xx, yy, nx, ny, nr, nr * rng.uniform(0.6, 0.8), ang, _harmonics(rng, 0.05))
+    nh, ne, na = _chromatin_body(rng, d, rng.uniform(0.5, 0.6), rng.uniform(0.25, 0.32), 0.8, 0.15)
+    h, e, a = _over((h, e, a), (nh, ne, na))
+    for _ in range(int(rng.integers(2, 7))):  # debris away from the nucleus
+        t = ang + np.pi + rng.normal(0, 0.9)
+        rho = cell_r * rng.uniform(0.1, 0.6)
+        bx, by, br = rho * np.cos(t), rho * np.sin(t), rng.uniform(1.3, 3.0)
+        dist = np.hypot(xx - bx, yy - by)
+        halo = _soft(dist - br * 1.8, 0.8)
+        h, e = h * (1 - 0.8 * halo), e * (1 - 0.6 * halo)
+        body = _soft(dist - br, 0.6)
+        h = h * (1 - body) + rng.uniform(1.0, 1.3) * body
+        e = e * (1 - body) + 0.2 * body
+    return h, e, a
+
+
 def _kidney_nucleus(rng, xx, yy, cx, cy, r, angle):
     """Signed distance of a bean-shaped nucleus: an oval with a notch bitten out of one long side."""
     d = _shape_distance(xx, yy, cx, cy, r, r * rng.uniform(0.6, 0.75), angle, _harmonics(rng, 0.05))
@@ -523,6 +554,9 @@ def _build() -> dict[int, Bank]:
         ),
         FOAMY_HISTIOCYTE: _stack(
             [_foamy_histiocyte(np.random.default_rng([20221015, 13, i]), 53) for i in range(48)], "over"
+        ),
+        TINGIBLE_BODY: _stack(
+            [_tingible_body(np.random.default_rng([20221015, 15, i]), 53) for i in range(32)], "over"
         ),
     }
     diffuse = built[DIFFUSE]

@@ -73,6 +73,11 @@ SITES: dict[str, StainSite] = {
     "C": StainSite("C", (0.62, 0.73, 0.28), (0.08, 0.9, 0.42), 0.78, 1.2, (0.005, 0.02, 0.02)),
     # Dark, over-stained with a brownish haematoxylin.
     "D": StainSite("D", (0.72, 0.68, 0.20), (0.09, 0.92, 0.38), 1.3, 1.08, (0.02, 0.025, 0.025)),
+    # E and F are the unseen sites (dataset.UNSEEN_SITES): stains no training slide has.
+    # E: violet haematoxylin with an orange eosin (a different eosin Y batch), greyish background.
+    "E": StainSite("E", (0.52, 0.80, 0.30), (0.03, 0.80, 0.60), 1.05, 0.9, (0.03, 0.03, 0.03)),
+    # F: grey-blue, weak haematoxylin and a pale lilac eosin (under-stained, old reagents).
+    "F": StainSite("F", (0.60, 0.62, 0.50), (0.16, 0.95, 0.26), 0.7, 0.75, (0.005, 0.01, 0.015)),
 }
 
 
