@@ -80,6 +80,8 @@ def publish(
     checkpoint_facts(kind, target)  # the shipped file itself must load
     digest = sha256_of(target)
     summary: dict[str, Any] = {}
+    if report is not None and kind == "detector" and "models" not in report and "summary" in report:
+        report = {"detector": report}  # an ``evaluate-detector`` report: the detector alone
     if report is not None:
         from lnassist.evaluate import headline
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lnassist.detector import DetectorError
-from lnassist.detector.evaluate import intersection_union, iou, pixel_accuracy, summarise
+from lnassist.detector.evaluate import SCORED_MASKS, intersection_union, iou, pixel_accuracy, summarise
 
 
 def test_iou_and_pixel_accuracy_by_hand():
@@ -37,11 +37,21 @@ def test_mismatched_masks_raise():
 
 
 def _row(intersection: int, union: int, agree: int, pixels: int, n_true: int, n_predicted: int) -> dict:
-    row = {"pixels": pixels, "n_lns_true": n_true, "n_lns_predicted": n_predicted,
-           "count_error": n_predicted - n_true}
-    for name in ("mask", "postprocessed"):
-        row.update({f"{name}_intersection_px": intersection, f"{name}_union_px": union,
-                    f"{name}_agree_px": agree, f"{name}_iou": intersection / union})
+    row = {
+        "pixels": pixels,
+        "n_lns_true": n_true,
+        "n_lns_predicted": n_predicted,
+        "count_error": n_predicted - n_true,
+    }
+    for name in SCORED_MASKS:
+        row.update(
+            {
+                f"{name}_intersection_px": intersection,
+                f"{name}_union_px": union,
+                f"{name}_agree_px": agree,
+                f"{name}_iou": intersection / union,
+            }
+        )
     return row
 
 

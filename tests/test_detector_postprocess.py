@@ -14,6 +14,7 @@ from lnassist.detector.postprocess import (
     dilate_diamond,
     mask_to_contours,
     outer_contours,
+    outlined_mask,
     remove_small_components,
 )
 
@@ -104,10 +105,34 @@ def test_a_blob_with_a_hole_has_one_external_contour():
     assert len(contours) == 1
     # The dilated square: a 102 x 102 square less its four corner pixels.
     assert _as_set(contours[0]) == {
-        (40, 39), (39, 40), (39, 139), (40, 140), (139, 140), (140, 139), (140, 40), (139, 39)
+        (40, 39),
+        (39, 40),
+        (39, 139),
+        (40, 140),
+        (139, 140),
+        (140, 139),
+        (140, 40),
+        (139, 39),
     }
     cleaned = clean_mask(mask)
     assert not cleaned[81:109, 81:109].any()  # the hole shrinks by the dilation but stays
+    # What the contour encloses: the dilated square, hole filled, and nothing outside it.
+    outlined = outlined_mask(cleaned)
+    assert outlined[81:109, 81:109].all() and outlined.sum() == 102 * 102 - 4
+    assert (outlined & ~cleaned).sum() == 28 * 28
+    # A bay open to the outside is no hole.
+    solid = _blank()
+    solid[40:140, 40:140] = True
+    bay = clean_mask(solid | _bay())
+    assert not bay[0:38, 93:98].any() and (outlined_mask(bay) == bay).all()
+
+
+def _bay() -> np.ndarray:
+    """A U shape opening upwards at x 90-100 (a notch from the border into the tissue)."""
+    u = _blank()
+    u[0:60, 80:90] = True
+    u[0:60, 101:111] = True
+    return u
 
 
 def test_known_square_maps_to_base_pixels():

@@ -104,6 +104,27 @@ def test_publish_writes_card_and_half_weights(tmp_path: Path) -> None:
         if value.is_floating_point():
             assert torch.allclose(got, value, rtol=1e-3, atol=1e-4), key
     assert resolve("detector", folder=folder)[1].id == "det-v1"
+    # An evaluate-detector report (the detector alone) gives the card and registry its numbers.
+    det_report = {
+        "weights": str(src),
+        "split": "test",
+        "summary": {
+            "postprocessed_iou_pooled": 0.96,
+            "postprocessed_pixel_accuracy": 0.99,
+            "count_error_mean_abs": 0.25,
+            "n_slides": 12,
+        },
+    }
+    entry = publish("detector", src, "det-v2", "1", report=det_report, folder=folder, make_default=False)
+    assert entry.summary == {
+        "detector": {
+            "postprocessed_iou_pooled": 0.96,
+            "postprocessed_pixel_accuracy": 0.99,
+            "count_error_mean_abs": 0.25,
+        }
+    }
+    assert "postprocessed_iou_pooled 0.9600" in (folder / "det-v2.md").read_text()
+    assert resolve("detector", folder=folder)[1].id == "det-v1"
 
 
 def test_registry_imports_only_the_standard_library() -> None:

@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         model_config = replace(model_config, encoder=args.encoder)
     overrides = {
         name: getattr(args, name)
-        for name in ("iterations", "batch_size", "crop_px", "lr", "seed")
+        for name in ("iterations", "batch_size", "crop_px", "lr", "colour_jitter", "seed")
         if getattr(args, name) is not None
     }
     train_config = replace(TRAIN_PRESETS[args.preset], **overrides)
@@ -137,6 +137,9 @@ def add_cli(subparsers: Any) -> None:
     train.add_argument("--batch-size", type=positive_int, default=None)
     train.add_argument("--crop-px", type=positive_int, default=None)
     train.add_argument("--lr", type=float, default=None)
+    train.add_argument(
+        "--colour-jitter", type=float, default=None, help="half-width of the per-channel stain gain (preset 0.1)"
+    )
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--evaluate-split", default="val", help="held-out split to score ('' for none)")
     train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")

@@ -47,8 +47,10 @@ class DetectorConfig:
         import segmentation_models_pytorch as smp
 
         if self.encoder not in smp.encoders.get_encoder_names():
-            raise DetectorError(f"unknown encoder {self.encoder!r}; segmentation_models_pytorch has "
-                                f"e.g. resnet18, resnet50, mobilenet_v2")
+            raise DetectorError(
+                f"unknown encoder {self.encoder!r}; segmentation_models_pytorch has "
+                f"e.g. resnet18, resnet50, mobilenet_v2"
+            )
         if self.output_stride not in (8, 16):
             raise DetectorError(f"output_stride must be 8 or 16, got {self.output_stride}")
         if len(self.atrous_rates) != 3 or any(int(r) < 1 for r in self.atrous_rates):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from lnassist.detector import DetectorError
 from lnassist.detector.grid import Grid
@@ -61,6 +62,15 @@ def outer_contours(mask: np.ndarray) -> list[np.ndarray]:
     indices, in OpenCV's order (by the top-most, then left-most pixel of each component, bottom first)."""
     contours, _ = cv2.findContours(_as_binary(mask), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [c.reshape(-1, 2) for c in contours]
+
+
+def outlined_mask(cleaned: np.ndarray) -> np.ndarray:
+    """The area the outer contours of a cleaned mask enclose: the mask with its holes filled (a hole
+    is background no 4-connected path links to the image border, as 8-connected foreground encloses).
+
+    What an LN annotation covers: a deposit the network left out of a node's middle is still inside
+    the node's contour, and the classifier reads it."""
+    return ndimage.binary_fill_holes(_as_binary(cleaned))
 
 
 def mask_to_contours(

@@ -162,8 +162,14 @@ def train_detector(
             losses.append(value)
             if log_every and (iteration % log_every == 0 or iteration == config.iterations):
                 recent = losses[-log_every:]
-                log.info("iteration %d/%d: loss %.4f (mean of last %d), %.1f s", iteration, config.iterations,
-                         sum(recent) / len(recent), len(recent), time.perf_counter() - started)
+                log.info(
+                    "iteration %d/%d: loss %.4f (mean of last %d), %.1f s",
+                    iteration,
+                    config.iterations,
+                    sum(recent) / len(recent),
+                    len(recent),
+                    time.perf_counter() - started,
+                )
     return TrainResult(model.eval(), losses, time.perf_counter() - started)
 
 

@@ -51,36 +51,49 @@ def _vessels(
 
 
 def _skin(rng: np.random.Generator, centre: np.ndarray, r_px: float, mpp: float) -> Piece:
-    """Dermis (loose wavy collagen) under an epidermis with rete ridges, and a few adnexa."""
+    """Dermis (wavy collagen) under a thick epidermis with deep rete ridges, and hair follicles cut
+    across and along. At 1.25x real skin is as much purple epithelium as pink dermis."""
     angle = rng.uniform(0, np.pi)
-    aspect = rng.uniform(1.0, 3.0)  # skin ellipses are often long strips
+    aspect = rng.uniform(1.0, 4.0)  # skin ellipses are often long strips
     outline = geometry.blob(rng, centre, r_px * np.sqrt(aspect), r_px / np.sqrt(aspect), angle, 0.3)
+    short_px = r_px / np.sqrt(aspect)
     parts: list[tuple[str, np.ndarray]] = [("dermis", outline)]
     parts += _vessels(rng, outline, mpp, int(rng.integers(2, 8)))
     # The epidermis follows a stretch of the outline, set a little inwards so its band stays inside.
     n = len(outline)
-    span = int(n * rng.uniform(0.25, 0.55))
+    span = int(n * rng.uniform(0.4, 0.85))
     start = int(rng.integers(n))
     arc = outline[(start + np.arange(span)) % n]
-    thick_px = rng.uniform(50, 140) / mpp
+    thick_px = min(rng.uniform(80, 250) / mpp, 0.35 * short_px)
     band = geometry.inset_radial(centre, arc, thick_px * 0.55)
     parts.append(("epidermis", geometry.buffered_polyline(band, thick_px)))
     inward = centre - band
     inward /= np.maximum(np.linalg.norm(inward, axis=1, keepdims=True), 1e-9)
-    for i in range(3, len(band) - 3, int(rng.integers(5, 9))):  # rete ridges: short pegs inwards
-        peg = band[i] + inward[i] * np.linspace(0, thick_px * rng.uniform(0.6, 1.4), 6)[:, None]
-        parts.append(("epidermis", geometry.buffered_polyline(peg, thick_px * rng.uniform(0.35, 0.6))))
+    for i in range(2, len(band) - 2, int(rng.integers(3, 7))):  # rete ridges: pegs reaching inwards
+        peg = band[i] + inward[i] * np.linspace(0, thick_px * rng.uniform(1.0, 2.5), 8)[:, None]
+        parts.append(("epidermis", geometry.buffered_polyline(peg, thick_px * rng.uniform(0.4, 0.8))))
     # The surface: a thin layer of keratin over the epidermis.
-    parts.append(("keratin", geometry.buffered_polyline(arc, thick_px * 0.25)))
-    for _ in range(int(rng.integers(0, 4))):  # hair follicles / adnexa: an epithelial ring round keratin
-        c = rng.uniform(outline.min(0), outline.max(0))
-        rf = rng.uniform(60, 160) / mpp
+    parts.append(("keratin", geometry.buffered_polyline(arc, thick_px * 0.2)))
+    lo, hi = outline.min(0), outline.max(0)
+    for _ in range(int(rng.integers(1, 4))):  # follicles cut along their length: epithelial cords
+        start = rng.uniform(lo, hi)
+        if not geometry.points_in_polygon(start[None], outline)[0]:
+            continue
+        path = geometry.random_walk(
+            rng, start, rng.uniform(0, 2 * np.pi), r_px * rng.uniform(0.4, 1.0), 20 / mpp, 0.1
+        )
+        path = path[geometry.points_in_polygon(path, outline)]
+        if len(path) >= 3:
+            parts.append(("epidermis", geometry.buffered_polyline(path, rng.uniform(80, 200) / mpp)))
+    for _ in range(int(rng.integers(2, 9))):  # follicles and adnexa cut across: an epithelial ring
+        c = rng.uniform(lo, hi)
+        rf = rng.uniform(60, 200) / mpp
         if not geometry.inside_with_margin(c[None], outline, rf * 1.1)[0]:
             continue
         ang = rng.uniform(0, np.pi)
         squash = rng.uniform(0.5, 1.0)
         parts.append(("epidermis", geometry.ellipse(c, rf, rf * squash, ang)))
-        parts.append(("keratin", geometry.ellipse(c, rf * 0.5, rf * 0.5 * squash, ang)))
+        parts.append(("keratin", geometry.ellipse(c, rf * 0.45, rf * 0.45 * squash, ang)))
     return Piece("skin", outline, parts)
 
 

@@ -57,8 +57,8 @@ _REGIONS = {
     L.HEV_LUMEN: (0.03, 0.12, 0.15, sprites.LYMPH, 0.0, 0.0),
     # Extranodal: loose wavy dermal collagen; keratinocytes (vesicular nuclei, pink cytoplasm) about
     # one per 15 um cell; pale laminated keratin; deeply eosinophilic muscle with sparse nuclei.
-    L.DERMIS: (0.03, 0.5, 0.003, sprites.LYMPH, 0.2, 0.6),
-    L.EPIDERMIS: (0.14, 0.32, 0.55, sprites.GC_CELL, 0.0, 0.0),
+    L.DERMIS: (0.05, 0.6, 0.005, sprites.LYMPH, 0.3, 0.6),
+    L.EPIDERMIS: (0.18, 0.32, 0.6, sprites.GC_CELL, 0.0, 0.0),
     L.KERATIN: (0.0, 0.3, 0.0, sprites.LYMPH, 0.0, 0.5),
     L.MUSCLE: (0.02, 0.8, 0.004, sprites.LYMPH, 0.1, 0.2),
 }
