@@ -53,6 +53,8 @@ class ClassifierSpec:
     mpp: float = CLASSIFIER_MPP
     method: str = "escnn"
     patch_px: int = MIL_PATCH_PX  # MIL only
+    # Blur before every subsampling of the trunk (Zhang 2019); absent from older checkpoints: False.
+    antialias: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -63,6 +65,8 @@ class ClassifierSpec:
             raise ClassifierError(
                 f"the LN classifier has 2 classes (negative, positive), got {self.num_classes}"
             )
+        if not isinstance(self.antialias, bool):
+            raise ClassifierError(f"antialias must be true or false, got {self.antialias!r}")
         if not self.mpp > 0 or self.patch_px < 16:
             raise ClassifierError(f"mpp must be > 0 and patch_px >= 16, got {self.mpp}, {self.patch_px}")
 
@@ -90,7 +94,7 @@ def new_classifier(
     """Freshly initialised weights; the same seed gives the same weights (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(spec.backbone, spec.num_classes, pretrained_path)
+        model = build_model(spec.backbone, spec.num_classes, pretrained_path, spec.antialias)
     return Classifier(model, spec, {})
 
 
@@ -114,7 +118,7 @@ def classifier_from_payload(payload: Any, origin: str) -> Classifier:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ClassifierError(f"{origin}: not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")
     spec = ClassifierSpec.from_dict(payload.get("spec"))
-    model = build_model(spec.backbone, spec.num_classes)
+    model = build_model(spec.backbone, spec.num_classes, antialias=spec.antialias)
     try:
         model.load_state_dict(payload.get("state_dict") or {}, strict=True)
     except RuntimeError as exc:
