@@ -90,6 +90,13 @@ def test_blur_pool_is_a_fixed_normalised_low_pass():
     ones = blur(torch.ones(1, 5, 8, 8))
     assert ones.shape == (1, 5, 4, 4)
     assert torch.allclose(ones[..., 1:, 1:], torch.ones(())) and float(ones[0, 0, 0, 0]) == 9 / 16
+    # The definition: a depthwise zero-padded convolution with the binomial kernel, then subsampling.
+    x = torch.randn(2, 4, 13, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    taps = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    kernel = (taps[:, None] * taps[None, :] / 16).expand(4, 1, 3, 3)
+    for stride in (1, 2, 4):
+        expected = torch.nn.functional.conv2d(x, kernel, stride=stride, padding=1, groups=4)
+        assert torch.allclose(BlurPool2d(stride)(x), expected, atol=1e-14)
     # The Nyquist frequency (a one-pixel checkerboard) is removed entirely, away from the zero padding.
     board = ((torch.arange(10)[:, None] + torch.arange(10)[None, :]) % 2) * 2 - 1  # +-1, mean 0
     assert float(BlurPool2d()(board.float().view(1, 1, 10, 10))[..., 1:-1, 1:-1].abs().max()) == 0
