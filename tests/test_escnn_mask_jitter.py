@@ -143,3 +143,14 @@ def test_training_jitters_and_evaluation_does_not(monkeypatch):
     images = [SimpleNamespace(key=k, label=k) for k in (0, 1)]
     loop.validate(replace(ctx, classifier=model), images, loop.Dist())
     assert seen[3:] == [None, None]
+
+
+def test_jitter_and_antialias_settings_round_trip_through_yaml(tmp_path):
+    from lnassist.training.config import CPU, dump_config, load_config
+
+    custom = MaskJitterConfig(offset_px=(-2.0, 1.0), feather_px=(0.5, 1.5))
+    for cfg in (replace(CPU, mask_jitter=custom, antialias=True), replace(CPU, mask_jitter=None)):
+        path = tmp_path / "c.yaml"
+        path.write_text(dump_config(cfg))
+        assert load_config(path) == cfg
+        assert load_config(path).spec().antialias == cfg.antialias
