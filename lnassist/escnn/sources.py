@@ -188,8 +188,9 @@ class SlideRegionSource:
         return left + col * self.chunk_base_px, top + row * self.chunk_base_px
 
     def _chunk_mask(self, row: int, col: int) -> np.ndarray:
-        """Inside-polygon mask of a chunk, limited to the canvas: bool, or with mask jitter the float32
-        tissue weight (computed on the chunk enlarged by the jitter's reach, where it is exact)."""
+        """Inside-polygon mask of a chunk, limited to the canvas: bool, or for a chunk the jittered
+        contour crosses the float32 tissue weight (computed on the chunk enlarged by the jitter's
+        reach, where it is exact)."""
 
         def compute() -> np.ndarray:
             left, top = self._chunk_origin_base_px(row, col)
@@ -209,8 +210,10 @@ class SlideRegionSource:
                     self.canvas_mpp,
                     base_mpp=self.slide.base_mpp,
                 )
-            if self.mask_jitter is not None:
-                mask = tissue_weight(mask, self.mask_jitter)[margin : margin + size, margin : margin + size]
+            if self.mask_jitter is not None and mask.any() and not mask.all():
+                # Only near the contour does the weight differ from 0 or 1: elsewhere the plain mask is it.
+                mask = tissue_weight(mask, self.mask_jitter)
+            mask = mask[margin : margin + size, margin : margin + size]
             # The outline may touch the pixel just past the bounding box; the canvas ends before it.
             mask[max(0, self.height - row * size) :, :] = False
             mask[:, max(0, self.width - col * size) :] = False
