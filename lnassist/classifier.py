@@ -99,9 +99,13 @@ def new_classifier(
 
 
 def checkpoint_payload(classifier: Classifier) -> dict[str, Any]:
+    spec = asdict(classifier.spec)
+    # Older lnassist versions refuse unknown spec keys: without the blur, write what they can read.
+    if not spec["antialias"]:
+        del spec["antialias"]
     return {
         "format": CHECKPOINT_FORMAT,
-        "spec": asdict(classifier.spec),
+        "spec": spec,
         "state_dict": {k: v.detach().cpu() for k, v in classifier.model.state_dict().items()},
         # Through JSON: plain types only, which weights_only loading accepts.
         "metadata": json.loads(json.dumps(classifier.metadata)),
