@@ -53,6 +53,8 @@ class ClassifierSpec:
     mpp: float = CLASSIFIER_MPP
     method: str = "escnn"
     patch_px: int = MIL_PATCH_PX  # MIL only
+    # Blur before every subsampling of the trunk (Zhang 2019); absent from older checkpoints: False.
+    antialias: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -63,6 +65,8 @@ class ClassifierSpec:
             raise ClassifierError(
                 f"the LN classifier has 2 classes (negative, positive), got {self.num_classes}"
             )
+        if not isinstance(self.antialias, bool):
+            raise ClassifierError(f"antialias must be true or false, got {self.antialias!r}")
         if not self.mpp > 0 or self.patch_px < 16:
             raise ClassifierError(f"mpp must be > 0 and patch_px >= 16, got {self.mpp}, {self.patch_px}")
 
@@ -90,14 +94,18 @@ def new_classifier(
     """Freshly initialised weights; the same seed gives the same weights (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(spec.backbone, spec.num_classes, pretrained_path)
+        model = build_model(spec.backbone, spec.num_classes, pretrained_path, spec.antialias)
     return Classifier(model, spec, {})
 
 
 def checkpoint_payload(classifier: Classifier) -> dict[str, Any]:
+    spec = asdict(classifier.spec)
+    # Older lnassist versions refuse unknown spec keys: without the blur, write what they can read.
+    if not spec["antialias"]:
+        del spec["antialias"]
     return {
         "format": CHECKPOINT_FORMAT,
-        "spec": asdict(classifier.spec),
+        "spec": spec,
         "state_dict": {k: v.detach().cpu() for k, v in classifier.model.state_dict().items()},
         # Through JSON: plain types only, which weights_only loading accepts.
         "metadata": json.loads(json.dumps(classifier.metadata)),
@@ -114,7 +122,7 @@ def classifier_from_payload(payload: Any, origin: str) -> Classifier:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ClassifierError(f"{origin}: not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")
     spec = ClassifierSpec.from_dict(payload.get("spec"))
-    model = build_model(spec.backbone, spec.num_classes)
+    model = build_model(spec.backbone, spec.num_classes, antialias=spec.antialias)
     try:
         model.load_state_dict(payload.get("state_dict") or {}, strict=True)
     except RuntimeError as exc:

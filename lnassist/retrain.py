@@ -193,6 +193,7 @@ def fine_tune_config(
     return replace(
         base,
         backbone=spec.backbone,
+        antialias=spec.antialias,
         method=spec.method,
         mpp=spec.mpp,
         mil_patch_px=spec.patch_px,

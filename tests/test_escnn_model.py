@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lnassist.escnn.backbones import BackboneError, FrozenBatchNorm2d
+from lnassist.escnn.backbones import BackboneError, BlurPool2d, FrozenBatchNorm2d
 from lnassist.escnn.model import build_model, global_max_pool, window_to_input
 
 
@@ -77,7 +77,72 @@ def test_window_to_input_normalises_and_rejects_bad_windows():
     white = np.full((4, 5, 3), 255, dtype=np.uint8)
     x = window_to_input(white, channels_last=True)
     assert x.shape == (1, 3, 4, 5) and x.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
-                                                       (1 - 0.406) / 0.225]))
+    assert torch.allclose(
+        x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    )
     with pytest.raises(ValueError, match="uint8"):
         window_to_input(np.zeros((4, 5, 3), dtype=np.float32))
+
+
+def test_blur_pool_is_a_fixed_normalised_low_pass():
+    blur = BlurPool2d(stride=2)
+    assert list(blur.parameters()) == [] and blur.state_dict() == {}
+    ones = blur(torch.ones(1, 5, 8, 8))
+    assert ones.shape == (1, 5, 4, 4)
+    assert torch.allclose(ones[..., 1:, 1:], torch.ones(())) and float(ones[0, 0, 0, 0]) == 9 / 16
+    # The definition: a depthwise zero-padded convolution with the binomial kernel, then subsampling.
+    x = torch.randn(2, 4, 13, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    taps = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    kernel = (taps[:, None] * taps[None, :] / 16).expand(4, 1, 3, 3)
+    for stride in (1, 2, 4):
+        expected = torch.nn.functional.conv2d(x, kernel, stride=stride, padding=1, groups=4)
+        assert torch.allclose(BlurPool2d(stride)(x), expected, atol=1e-14)
+    # The Nyquist frequency (a one-pixel checkerboard) is removed entirely, away from the zero padding.
+    board = ((torch.arange(10)[:, None] + torch.arange(10)[None, :]) % 2) * 2 - 1  # +-1, mean 0
+    assert float(BlurPool2d()(board.float().view(1, 1, 10, 10))[..., 1:-1, 1:-1].abs().max()) == 0
+
+
+def test_antialias_blurs_before_every_subsampling_and_keeps_the_weights():
+    plain, aa = build_model("tiny"), build_model("tiny", antialias=True)
+    strided = [
+        m
+        for m in aa.trunk.modules()
+        if isinstance(m, nn.Conv2d | nn.MaxPool2d) and m.stride not in (1, (1, 1))
+    ]
+    assert [m.kernel_size for m in strided] == [(5, 5), (3, 3)]  # the max pool is dense now
+    assert [m.stride for m in aa.trunk.modules() if isinstance(m, BlurPool2d)] == [1, 1, 1, 2]
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in aa.parameters()]
+    r18 = build_model("resnet18", antialias=True)
+    assert r18.geometry.y.stride == 32 and sum(isinstance(m, BlurPool2d) for m in r18.trunk.modules()) == 8
+
+
+def test_antialias_is_recorded_in_checkpoints(tmp_path):
+    from lnassist.classifier import (
+        ClassifierError,
+        ClassifierSpec,
+        checkpoint_payload,
+        classifier_from_payload,
+        load_classifier,
+        new_classifier,
+        save_classifier,
+    )
+
+    clf = new_classifier(ClassifierSpec(backbone="tiny", antialias=True), seed=3)
+    save_classifier(tmp_path / "aa.pt", clf)
+    loaded = load_classifier(tmp_path / "aa.pt")
+    assert loaded.spec.antialias is True
+    x = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x), clf.model.eval()(x))
+    # A plain trunk's checkpoint has no such key, as those written before the option existed (which
+    # older versions, refusing unknown keys, can read): it loads as the plain trunk.
+    old = checkpoint_payload(new_classifier(ClassifierSpec(backbone="tiny"), seed=3))
+    assert "antialias" not in old["spec"] and checkpoint_payload(clf)["spec"]["antialias"] is True
+    restored = classifier_from_payload(old, "old")
+    assert restored.spec.antialias is False
+    assert not any(isinstance(m, BlurPool2d) for m in restored.model.modules())
+    # Weights are not silently loaded into the other trunk.
+    wrong = checkpoint_payload(clf)
+    wrong["spec"]["antialias"] = False
+    with pytest.raises(ClassifierError, match="do not match"):
+        classifier_from_payload(wrong, "wrong")

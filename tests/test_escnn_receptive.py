@@ -7,7 +7,7 @@ import torch
 from test_escnn_streaming import mini_resnet
 from torch import nn
 
-from lnassist.escnn.backbones import FrozenBatchNorm2d
+from lnassist.escnn.backbones import FrozenBatchNorm2d, blur_before_subsampling
 from lnassist.escnn.model import build_model
 from lnassist.escnn.receptive import ReceptiveFieldError, trunk_geometry
 
@@ -22,6 +22,13 @@ def test_known_receptive_fields(backbone, stride, rf):
     geo = build_model(backbone).geometry
     assert (geo.y.stride, geo.y.rf) == (stride, rf)
     assert geo.x == geo.y
+
+
+def test_antialiased_tiny_trunk_geometry():
+    # Two stride-1 blurs (+2 px each) before the stride-4 conv (61 -> 65), one blur at stride 4 before
+    # the stride-2 conv (+8), the max pool made dense then a stride-2 blur at stride 8 (+16): 89 px.
+    geo = build_model("tiny", antialias=True).geometry
+    assert (geo.y.stride, geo.y.rf, geo.y.pad) == (16, 89, 44)
 
 
 def test_resnet_output_shape_matches_forward():
@@ -53,10 +60,22 @@ def positive_copy(trunk: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [("tiny", 160), ("basic", 200), ("bottleneck", 200), ("resnet18", 512), ("resnet50", 448)],
+    [
+        ("tiny", 160),
+        ("basic", 200),
+        ("bottleneck", 200),
+        ("resnet18", 512),
+        ("resnet50", 448),
+        ("tiny_aa", 200),
+        ("basic_aa", 240),
+    ],
 )
 def test_gradient_support_equals_receptive_field(name, size):
-    trunk = mini_resnet(name) if name in ("basic", "bottleneck") else build_model(name).trunk
+    base, _, aa = name.partition("_")
+    if base in ("basic", "bottleneck"):
+        trunk = blur_before_subsampling(mini_resnet(base)) if aa else mini_resnet(base)
+    else:
+        trunk = build_model(base, antialias=bool(aa)).trunk
     geo = trunk_geometry(trunk)
     trunk = positive_copy(trunk).requires_grad_(False)
     x = torch.ones(1, 3, size, size, requires_grad=True)
@@ -76,8 +95,14 @@ def test_gradient_support_equals_receptive_field(name, size):
 
 @pytest.mark.parametrize(
     "module",
-    [nn.AdaptiveAvgPool2d(1), nn.Upsample(scale_factor=2), nn.MaxPool2d(2, ceil_mode=True),
-     nn.Conv2d(3, 3, 3, padding="same"), nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), nn.Dropout()],
+    [
+        nn.AdaptiveAvgPool2d(1),
+        nn.Upsample(scale_factor=2),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(3, 3, 3, padding="same"),
+        nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"),
+        nn.Dropout(),
+    ],
 )
 def test_unknown_or_unstreamable_modules_are_refused(module):
     with pytest.raises(ReceptiveFieldError):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from lnassist.escnn.backbones import FrozenBatchNorm2d
+from lnassist.escnn.backbones import FrozenBatchNorm2d, blur_before_subsampling
 from lnassist.escnn.model import ESCNNModel, build_model, global_max_pool, window_to_input
 from lnassist.escnn.receptive import TrunkGeometry
 from lnassist.escnn.sources import ArraySource
@@ -68,11 +68,13 @@ def mini_resnet(block: str) -> nn.Sequential:
 
 
 def make_model(kind: str, seed: int = 0, num_classes: int = 2) -> ESCNNModel:
-    if kind == "tiny":
-        model = build_model("tiny", num_classes)
+    """``kind``: "tiny", "basic" or "bottleneck"; with "_aa", anti-aliased (blur before subsampling)."""
+    name, _, aa = kind.partition("_")
+    if name == "tiny":
+        model = build_model("tiny", num_classes, antialias=bool(aa))
     else:
-        trunk = mini_resnet(kind)
-        model = ESCNNModel(trunk, 12, num_classes)
+        trunk = mini_resnet(name)
+        model = ESCNNModel(blur_before_subsampling(trunk) if aa else trunk, 12, num_classes)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         randomize(model, gen)
@@ -101,8 +103,9 @@ def reference_step(model: ESCNNModel, image: np.ndarray, target: torch.Tensor) -
 def streamed_step(model: ESCNNModel, image: np.ndarray, target: torch.Tensor, cfg: StreamingConfig):
     model.zero_grad(set_to_none=True)
     loss, stats = stream_train_step(model, ArraySource(image), target, CE, cfg)
-    grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-             for n, p in model.named_parameters()}
+    grads = {
+        n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()
+    }
     return loss, stats, grads
 
 
@@ -115,7 +118,13 @@ def max_rel_err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float
 
 
 # Tile sizes that give several tiles on both axes with a truncated last tile for these images.
-CASES = [("tiny", (213, 181), 96), ("basic", (261, 229), 96), ("bottleneck", (245, 270), 112)]
+CASES = [
+    ("tiny", (213, 181), 96),
+    ("basic", (261, 229), 96),
+    ("bottleneck", (245, 270), 112),
+    ("tiny_aa", (261, 229), 128),
+    ("basic_aa", (301, 283), 128),
+]
 
 
 @pytest.mark.parametrize(("kind", "shape", "tile_px"), CASES)
@@ -169,7 +178,7 @@ def test_gmp_gradients_equal_full_backprop(kind, shape, tile_px, recompute):
     assert abs(loss - float(ref_loss)) < 1e-10
 
 
-@pytest.mark.parametrize("kind", ["tiny", "basic"])
+@pytest.mark.parametrize("kind", ["tiny", "basic", "tiny_aa"])
 def test_dense_feature_gradient_equals_full_backprop(kind):
     """Every tile gets a gradient: the per-tile recomputation must reproduce full backprop everywhere."""
     model = make_model(kind)
@@ -211,11 +220,22 @@ def test_skipping_and_cache_change_nothing():
     target = torch.tensor([1])
     ref = reference_step(model, image, target)
     results = {}
-    combos = [(False, False, "tiles"), (True, False, "tiles"), (False, True, "tiles"), (True, True, "tiles"),
-              (False, True, "cells"), (True, True, "cells")]
+    combos = [
+        (False, False, "tiles"),
+        (True, False, "tiles"),
+        (False, True, "tiles"),
+        (True, True, "tiles"),
+        (False, True, "cells"),
+        (True, True, "cells"),
+    ]
     for skip_white, skip_zero, recompute in combos:
-        cfg = StreamingConfig(tile_px=96, skip_white=skip_white, skip_zero_grad=skip_zero,
-                              recompute=recompute, prefetch_workers=0)
+        cfg = StreamingConfig(
+            tile_px=96,
+            skip_white=skip_white,
+            skip_zero_grad=skip_zero,
+            recompute=recompute,
+            prefetch_workers=0,
+        )
         results[(skip_white, skip_zero, recompute)] = streamed_step(model, image, target, cfg)
     plain_loss, plain_stats, plain = results[(False, False, "tiles")]
     fast_loss, fast_stats, fast = results[(True, True, "tiles")]
@@ -223,8 +243,11 @@ def test_skipping_and_cache_change_nothing():
     # Plain streaming computes everything twice; ESCNN computes white tiles once per shape.
     assert plain_stats.forward_computed == plain_stats.backward_computed == plain_stats.tiles_total
     plan = plan_tiles(model.geometry, *image.shape[:2], 96)
-    white_shapes = {t.shape_px for t in plan.tiles if (image[t.y.start_px : t.y.stop_px,
-                                                             t.x.start_px : t.x.stop_px] == 255).all()}
+    white_shapes = {
+        t.shape_px
+        for t in plan.tiles
+        if (image[t.y.start_px : t.y.stop_px, t.x.start_px : t.x.stop_px] == 255).all()
+    }
     assert len(white_shapes) >= 2  # the cache must key on the tile shape
     assert fast_stats.forward_computed == fast_stats.tiles_total - fast_stats.tiles_white + len(white_shapes)
     assert fast_stats.backward_computed <= fast_stats.tiles_backprop < fast_stats.tiles_total
@@ -263,8 +286,10 @@ def test_results_independent_of_tile_size():
     model = make_model("basic")
     image = with_white(texture(250, 236, seed=7), [(0, 150, 250, 236)])
     target = torch.tensor([1])
-    outcomes = [streamed_step(model, image, target, StreamingConfig(tile_px=t, prefetch_workers=1))
-                for t in (96, 136, 200, 512)]
+    outcomes = [
+        streamed_step(model, image, target, StreamingConfig(tile_px=t, prefetch_workers=1))
+        for t in (96, 136, 200, 512)
+    ]
     base_loss, _, base = outcomes[-1]  # 512 px: a single tile, i.e. the whole image
     assert outcomes[-1][1].tiles_total == 1
     for loss, stats, grads in outcomes[:-1]:

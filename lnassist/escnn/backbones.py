@@ -5,6 +5,15 @@ A trunk is everything before global pooling: an ``nn.Sequential`` of local opera
 Batch normalisation is frozen because statistics over one tile are not statistics over the
 image: each ``nn.BatchNorm2d`` becomes a :class:`FrozenBatchNorm2d`, a fixed per-channel affine map
 whose running statistics never change while ``weight`` and ``bias`` stay trainable.
+
+``antialias=True`` (Zhang 2019, "Making convolutional networks shift-invariant again") puts a fixed
+[1, 2, 1] x [1, 2, 1] / 16 low-pass (:class:`BlurPool2d`) before every subsampling, so that a
+feature map no longer depends on how the image falls on the stride grid: a strided convolution
+gets one blur of its input per factor 2 of its stride, and a strided max pool becomes a dense max
+pool followed by a strided blur (Zhang's MaxBlurPool). Zhang instead evaluates strided
+convolutions densely and blurs after their ReLU; that costs stride² times the convolution, which
+the CPU preset cannot afford, while a convolution is linear, so blurring its input low-passes its
+subsampled output just as blurring after it would.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lnassist.errors import LnassistError
@@ -23,6 +33,31 @@ BACKBONES = ("resnet50", "resnet18", "tiny")
 
 class BackboneError(LnassistError):
     """Unknown backbone name or unusable pretrained weights file."""
+
+
+class BlurPool2d(nn.Module):
+    """Depthwise [1, 2, 1] x [1, 2, 1] / 16 blur with zero padding 1, then subsampling by ``stride``.
+
+    Fixed (no parameters, no buffers) and for any channel count; zero padding keeps it streamable.
+    Computed as shifted sums, one axis at a time, only at the kept positions: PyTorch's CPU depthwise
+    convolution was 5-30x slower on full-resolution RGB, and the sums run in any memory layout.
+    """
+
+    def __init__(self, stride: int = 1) -> None:
+        super().__init__()
+        if stride < 1:
+            raise BackboneError(f"blur stride must be >= 1, got {stride}")
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        h, w = x.shape[2:]
+        p = F.pad(x, (1, 1, 1, 1))
+        rows = p[:, :, :, 0:w:s] + 2 * p[:, :, :, 1 : w + 1 : s] + p[:, :, :, 2 : w + 2 : s]
+        return (rows[:, :, 0:h:s] + 2 * rows[:, :, 1 : h + 1 : s] + rows[:, :, 2 : h + 2 : s]) * 0.0625
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -73,6 +108,32 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _stride(module: nn.Conv2d | nn.MaxPool2d) -> int:
+    stride = module.stride if module.stride is not None else module.kernel_size
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
+    if sy != sx or sy & (sy - 1):
+        raise BackboneError(f"cannot anti-alias {module}: stride must be a power of 2 on both axes")
+    return sy
+
+
+def blur_before_subsampling(module: nn.Module) -> nn.Module:
+    """Put a :class:`BlurPool2d` before every subsampling inside ``module`` (in place; see the module
+    docstring): ``Conv2d`` of stride 2**k -> k blurs then the convolution; ``MaxPool2d`` of stride s ->
+    the max pool at stride 1, then a blur of stride s."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and _stride(child) > 1:
+            blurs = [BlurPool2d() for _ in range(_stride(child).bit_length() - 1)]
+            setattr(module, name, nn.Sequential(*blurs, child))
+        elif isinstance(child, nn.MaxPool2d) and _stride(child) > 1:
+            if child.ceil_mode:
+                raise BackboneError(f"cannot anti-alias {child}: ceil_mode")
+            dense = nn.MaxPool2d(child.kernel_size, 1, child.padding, child.dilation)
+            setattr(module, name, nn.Sequential(dense, BlurPool2d(_stride(child))))
+        else:
+            blur_before_subsampling(child)
+    return module
+
+
 def _resnet_trunk(name: str, pretrained_path: str | Path | None) -> nn.Sequential:
     import torchvision
 
@@ -111,17 +172,22 @@ def _tiny_trunk() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_trunk(name: str, pretrained_path: str | Path | None = None) -> tuple[nn.Sequential, int]:
+def build_trunk(
+    name: str, pretrained_path: str | Path | None = None, antialias: bool = False
+) -> tuple[nn.Sequential, int]:
     """The trunk of backbone ``name`` and its number of output channels.
 
     ``pretrained_path`` is a local torchvision ImageNet state dict (ResNets only); nothing is
-    downloaded.
+    downloaded. ``antialias`` blurs before every subsampling (:func:`blur_before_subsampling`, after the
+    pretrained weights are loaded: blurs hold no weights).
     """
     if name in ("resnet50", "resnet18"):
         trunk = _resnet_trunk(name, pretrained_path)
-        return trunk, 2048 if name == "resnet50" else 512
-    if name == "tiny":
+        channels = 2048 if name == "resnet50" else 512
+    elif name == "tiny":
         if pretrained_path is not None:
             raise BackboneError("the 'tiny' backbone has no pretrained weights")
-        return _tiny_trunk(), 64
-    raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        trunk, channels = _tiny_trunk(), 64
+    else:
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return (blur_before_subsampling(trunk) if antialias else trunk), channels

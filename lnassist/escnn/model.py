@@ -81,11 +81,17 @@ class ESCNNModel(nn.Module):
         return self.head(global_max_pool(self.trunk(x)))
 
 
-def build_model(backbone: str, num_classes: int = 2, pretrained_path: str | Path | None = None) -> ESCNNModel:
+def build_model(
+    backbone: str,
+    num_classes: int = 2,
+    pretrained_path: str | Path | None = None,
+    antialias: bool = False,
+) -> ESCNNModel:
     """The paper's classifier on ``backbone`` (``resnet50``, ``resnet18`` or ``tiny``).
 
     ``pretrained_path``: optional local torchvision ImageNet state dict for the trunk (read with
-    ``weights_only=True``); the head is always freshly initialised.
+    ``weights_only=True``); the head is always freshly initialised. ``antialias``: blur before every
+    subsampling of the trunk (:mod:`lnassist.escnn.backbones`; not in the paper).
     """
-    trunk, channels = build_trunk(backbone, pretrained_path)
+    trunk, channels = build_trunk(backbone, pretrained_path, antialias)
     return ESCNNModel(trunk, channels, num_classes)

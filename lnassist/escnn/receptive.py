@@ -3,7 +3,8 @@
 Per image axis, output cell ``j`` of the trunk depends on the input pixels
 ``[j * stride - pad, j * stride - pad + rf - 1]`` (before clipping to the image). The streaming
 engine derives from this which cells of a tile are exact and so how much tiles must overlap.
-Supported: ``nn.Sequential``, ``nn.Conv2d``, ``nn.MaxPool2d``/``nn.AvgPool2d`` (no ceil mode),
+Supported: ``nn.Sequential``, ``nn.Conv2d``, ``nn.MaxPool2d``/``nn.AvgPool2d`` (no ceil mode), the
+fixed anti-aliasing blur (:class:`~lnassist.escnn.backbones.BlurPool2d`, a zero-padded 3x3 window),
 pointwise layers (batch norm, activations, identity) and torchvision's ``BasicBlock`` and
 ``Bottleneck`` residual blocks; anything else is refused rather than guessed.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from lnassist.errors import LnassistError
-from lnassist.escnn.backbones import FrozenBatchNorm2d
+from lnassist.escnn.backbones import BlurPool2d, FrozenBatchNorm2d
 
 POINTWISE = (
     nn.BatchNorm2d,
@@ -107,14 +108,17 @@ def _windows(module: nn.Module) -> tuple[Window1d, Window1d]:
             raise ReceptiveFieldError(f"{module}: string padding is not supported; give explicit padding")
         if module.padding_mode != "zeros":
             raise ReceptiveFieldError(f"{module}: only zero padding keeps tiles exact")
-        kernel, stride, pad, dil = (_pair(v) for v in (module.kernel_size, module.stride,
-                                                        module.padding, module.dilation))
+        kernel, stride, pad, dil = (
+            _pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation)
+        )
     elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
         if module.ceil_mode:
             raise ReceptiveFieldError(f"{module}: ceil_mode pooling is not supported")
         kernel, pad = _pair(module.kernel_size), _pair(module.padding)
         stride = _pair(module.stride if module.stride is not None else module.kernel_size)
         dil = _pair(getattr(module, "dilation", 1))
+    elif isinstance(module, BlurPool2d):
+        kernel, stride, pad, dil = (3, 3), (module.stride, module.stride), (1, 1), (1, 1)
     else:
         raise ReceptiveFieldError(f"no sliding window in {type(module).__name__}")
     return tuple(  # type: ignore[return-value]
@@ -137,7 +141,7 @@ def _walk(module: nn.Module, geo: tuple[AxisGeometry, AxisGeometry]) -> tuple[Ax
 
     if isinstance(module, POINTWISE):
         return geo
-    if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+    if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d | BlurPool2d):
         wy, wx = _windows(module)
         return geo[0].then(wy), geo[1].then(wx)
     if isinstance(module, nn.Sequential):
@@ -161,4 +165,3 @@ def trunk_geometry(trunk: nn.Module) -> TrunkGeometry:
     """Receptive field, effective stride and padding of ``trunk`` along both axes."""
     gy, gx = _walk(trunk, (AxisGeometry(), AxisGeometry()))
     return TrunkGeometry(y=gy, x=gx)
-

@@ -8,7 +8,8 @@ Pixels outside the canvas are white.
 
 ``SlideRegionSource`` is one LN of a slide: the bounding box of its polygon at the classifier
 resolution, white outside the polygon, read from the slide in fixed chunks so that every canvas
-pixel has one value whichever window it is read through.
+pixel has one value whichever window it is read through. With a :class:`MaskJitter` (training) its
+contour edge is moved and feathered (:mod:`lnassist.escnn.mask_jitter`), still chunk by chunk.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lnassist.errors import LnassistError
+from lnassist.escnn.mask_jitter import MaskJitter, blend_to_white, tissue_weight
 from lnassist.slide import CLASSIFIER_MPP, polygon_mask
 
 WHITE = 255
@@ -124,6 +126,9 @@ class SlideRegionSource:
     ``origin_base_px + (x, y) * base_px_per_px``. ``base_px_per_px`` is chunk_base_px / chunk_px,
     the requested ``mpp / base_mpp`` rounded so that a chunk is a whole number of pixels on both
     levels (relative error below 0.5 / chunk_px); ``canvas_mpp`` is the resulting resolution.
+
+    ``mask_jitter`` moves and feathers the polygon's edge; the canvas then grows by the jitter's
+    reach on every side (in whole base pixels), so dilated tissue is never cut by the bounding box.
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class SlideRegionSource:
         mpp: float = CLASSIFIER_MPP,
         chunk_px: int = 512,
         cache_chunks: int = 128,
+        mask_jitter: MaskJitter | None = None,
     ) -> None:
         several = (
             isinstance(polygon_base_px, list | tuple)
@@ -165,8 +171,12 @@ class SlideRegionSource:
         self.chunk_px = max(1, round(self.chunk_base_px * base_mpp / self.mpp))
         self.base_px_per_px = self.chunk_base_px / self.chunk_px
         self.canvas_mpp = base_mpp * self.base_px_per_px
-        left, top = math.floor(polygon[:, 0].min()), math.floor(polygon[:, 1].min())
-        right, bottom = math.ceil(polygon[:, 0].max()), math.ceil(polygon[:, 1].max())
+        self.mask_jitter = mask_jitter
+        border_base_px = 0 if mask_jitter is None else math.ceil(mask_jitter.reach_px * self.base_px_per_px)
+        left = math.floor(polygon[:, 0].min()) - border_base_px
+        top = math.floor(polygon[:, 1].min()) - border_base_px
+        right = math.ceil(polygon[:, 0].max()) + border_base_px
+        bottom = math.ceil(polygon[:, 1].max()) + border_base_px
         self.origin_base_px = (left, top)
         self.width = max(1, math.ceil((right - left) / self.base_px_per_px))
         self.height = max(1, math.ceil((bottom - top) / self.base_px_per_px))
@@ -178,16 +188,32 @@ class SlideRegionSource:
         return left + col * self.chunk_base_px, top + row * self.chunk_base_px
 
     def _chunk_mask(self, row: int, col: int) -> np.ndarray:
-        """Inside-polygon mask of a chunk, limited to the canvas."""
+        """Inside-polygon mask of a chunk, limited to the canvas: bool, or for a chunk the jittered
+        contour crosses the float32 tissue weight (computed on the chunk enlarged by the jitter's
+        reach, where it is exact)."""
 
         def compute() -> np.ndarray:
             left, top = self._chunk_origin_base_px(row, col)
             size = self.chunk_px
-            mask = np.zeros((size, size), dtype=bool)
+            margin = 0 if self.mask_jitter is None else self.mask_jitter.reach_px
+            padded = size + 2 * margin
+            left_base_px = left - margin * self.base_px_per_px
+            top_base_px = top - margin * self.base_px_per_px
+            mask = np.zeros((padded, padded), dtype=bool)
             for polygon in self.polygons_base_px:
                 mask |= polygon_mask(
-                    polygon, left, top, size, size, self.canvas_mpp, base_mpp=self.slide.base_mpp
+                    polygon,
+                    left_base_px,
+                    top_base_px,
+                    padded,
+                    padded,
+                    self.canvas_mpp,
+                    base_mpp=self.slide.base_mpp,
                 )
+            if self.mask_jitter is not None and mask.any() and not mask.all():
+                # Only near the contour does the weight differ from 0 or 1: elsewhere the plain mask is it.
+                mask = tissue_weight(mask, self.mask_jitter)
+            mask = mask[margin : margin + size, margin : margin + size]
             # The outline may touch the pixel just past the bounding box; the canvas ends before it.
             mask[max(0, self.height - row * size) :, :] = False
             mask[:, max(0, self.width - col * size) :] = False
@@ -207,8 +233,11 @@ class SlideRegionSource:
                     f"the slide returned {image.dtype} {image.shape} for a {self.chunk_base_px} base-px "
                     f"square at {self.mpp} um/px; expected uint8 ({size}, {size}, 3)"
                 )
+            mask = self._chunk_mask(row, col)
+            if mask.dtype != bool:
+                return blend_to_white(image, mask)
             image = image.copy()
-            image[~self._chunk_mask(row, col)] = WHITE
+            image[~mask] = WHITE
             return image
 
         return self._pixels.get((row, col), compute)

@@ -15,6 +15,7 @@ from typing import Any
 
 from lnassist.classifier import MIL_PATCH_PX, ClassifierSpec
 from lnassist.escnn.augment import AugmentConfig
+from lnassist.escnn.mask_jitter import MaskJitterConfig
 from lnassist.escnn.streaming import RECOMPUTE
 from lnassist.slide import CLASSIFIER_MPP
 from lnassist.training import TrainingError
@@ -26,6 +27,7 @@ LABEL_MODES = ("ln", "slide")
 @dataclass(frozen=True)
 class TrainConfig:
     backbone: str = "resnet50"
+    antialias: bool = False  # blur before every subsampling of the trunk (Zhang 2019; not the paper's)
     pretrained_path: str | None = None  # local torchvision ImageNet state dict (ResNets)
     init_checkpoint: str | None = None  # start from a classifier checkpoint's weights (same backbone)
     method: str = "escnn"  # "mil": the patch baseline (patch classifier, max pooling at inference)
@@ -44,6 +46,8 @@ class TrainConfig:
     stop_patience_epochs: int = 16  # further epochs without improvement (after the drop) before stopping
     transition: tuple[tuple[float, ...], ...] | None = None  # P(observed j | true i); None = identity
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    # The contour's cut edge moved and feathered per training image (not the paper's); None: off.
+    mask_jitter: MaskJitterConfig | None = field(default_factory=MaskJitterConfig)
     tile_px: int | None = None  # streaming tile; None = the engine's default for the device
     recompute: str = "auto"
     mil_patch_px: int = MIL_PATCH_PX
@@ -80,17 +84,22 @@ class TrainConfig:
 
     def spec(self) -> ClassifierSpec:
         return ClassifierSpec(
-            backbone=self.backbone, mpp=self.mpp, method=self.method, patch_px=self.mil_patch_px
+            backbone=self.backbone,
+            mpp=self.mpp,
+            method=self.method,
+            patch_px=self.mil_patch_px,
+            antialias=self.antialias,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["betas"] = list(self.betas)
         data["transition"] = None if self.transition is None else [list(r) for r in self.transition]
-        if self.augment is not None:
-            data["augment"] = {
-                k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.augment).items()
-            }
+        for name in ("augment", "mask_jitter"):
+            if getattr(self, name) is not None:
+                data[name] = {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in asdict(getattr(self, name)).items()
+                }
         return data
 
     @classmethod
@@ -106,14 +115,13 @@ class TrainConfig:
             kw["betas"] = tuple(kw["betas"])
         if kw.get("transition") is not None:
             kw["transition"] = tuple(tuple(float(v) for v in row) for row in kw["transition"])
-        if isinstance(kw.get("augment"), dict):
-            aug = kw["augment"]
-            aug_known = {f.name for f in fields(AugmentConfig)}
-            if set(aug) - aug_known:
-                raise TrainingError(f"{origin}: unknown augment keys {sorted(set(aug) - aug_known)}")
-            kw["augment"] = AugmentConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
-            )
+        for name, kind in (("augment", AugmentConfig), ("mask_jitter", MaskJitterConfig)):
+            if isinstance(kw.get(name), dict):
+                sub = kw[name]
+                sub_known = {f.name for f in fields(kind)}
+                if set(sub) - sub_known:
+                    raise TrainingError(f"{origin}: unknown {name} keys {sorted(set(sub) - sub_known)}")
+                kw[name] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()})
         try:
             return cls(**kw)
         except TypeError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lnassist.categories import CATEGORIES  # ordered from benign to worst
+from lnassist.escnn.mask_jitter import MaskJitter
 from lnassist.escnn.sources import SlideRegionSource
 from lnassist.manifest import read_manifest, resolve_path
 from lnassist.training import TrainingError
@@ -88,7 +89,10 @@ def _open(path: str, mpp: float | None) -> Any:
     return open_slide(path, mpp=mpp)
 
 
-def open_image(image: TrainImage, mpp: float) -> SlideRegionSource:
-    """The image's canvas at ``mpp`` (white outside its LN contour(s))."""
+def open_image(image: TrainImage, mpp: float, mask_jitter: MaskJitter | None = None) -> SlideRegionSource:
+    """The image's canvas at ``mpp`` (white outside its LN contour(s), moved and feathered by
+    ``mask_jitter`` when given: training only)."""
     polygons = [np.asarray(p) for p in image.polygons_base_px]
-    return SlideRegionSource(_open(image.slide_path, image.mpp_override), polygons, mpp)
+    return SlideRegionSource(
+        _open(image.slide_path, image.mpp_override), polygons, mpp, mask_jitter=mask_jitter
+    )

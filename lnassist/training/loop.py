@@ -43,6 +43,7 @@ from lnassist.classifier import (
     score_source,
 )
 from lnassist.escnn.augment import AugmentedSource, draw_params
+from lnassist.escnn.mask_jitter import draw_mask_jitter
 from lnassist.escnn.model import window_to_input
 from lnassist.escnn.streaming import StreamingConfig, stream_train_step
 from lnassist.fileio import load_torch, save_torch, write_text_atomic
@@ -150,7 +151,11 @@ class Context:
 
 
 def _augmented(ctx: Context, image: TrainImage, seed: int) -> Any:
-    source = open_image(image, ctx.cfg.mpp)
+    jitter = None
+    if ctx.cfg.mask_jitter is not None:
+        # A stream of its own, so the augmentation drawn for a seed is the same with or without it.
+        jitter = draw_mask_jitter(ctx.cfg.mask_jitter, np.random.default_rng([seed, 2]))
+    source = open_image(image, ctx.cfg.mpp, jitter)
     if ctx.cfg.augment is None:
         return source
     params = draw_params(ctx.cfg.augment, np.random.default_rng(seed), source.height, source.width)
@@ -302,10 +307,10 @@ def train_classifier(
     classifier = new_classifier(cfg.spec(), cfg.seed, cfg.pretrained_path)
     if cfg.init_checkpoint:
         start = load_classifier(cfg.init_checkpoint)
-        if start.spec.backbone != cfg.backbone:
+        if (start.spec.backbone, start.spec.antialias) != (cfg.backbone, cfg.antialias):
             raise TrainingError(
-                f"init_checkpoint {cfg.init_checkpoint} holds a {start.spec.backbone} model, "
-                f"not {cfg.backbone}"
+                f"init_checkpoint {cfg.init_checkpoint} holds a {start.spec.backbone} model "
+                f"(antialias {start.spec.antialias}), not {cfg.backbone} (antialias {cfg.antialias})"
             )
         classifier.model.load_state_dict(start.model.state_dict())
     rng = np.random.default_rng(cfg.seed)
