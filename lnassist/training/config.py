@@ -46,8 +46,10 @@ class TrainConfig:
     stop_patience_epochs: int = 16  # further epochs without improvement (after the drop) before stopping
     transition: tuple[tuple[float, ...], ...] | None = None  # P(observed j | true i); None = identity
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    # The contour's cut edge moved and feathered per training image (not the paper's); None: off.
-    mask_jitter: MaskJitterConfig | None = field(default_factory=MaskJitterConfig)
+    # The contour's cut edge moved and feathered per training image (not the paper's); None: off. Off
+    # by default so the shipped models' training commands still reproduce them; ``mask_jitter: {}``
+    # in a config YAML turns it on with MaskJitterConfig's defaults.
+    mask_jitter: MaskJitterConfig | None = None
     tile_px: int | None = None  # streaming tile; None = the engine's default for the device
     recompute: str = "auto"
     mil_patch_px: int = MIL_PATCH_PX
