@@ -138,7 +138,7 @@ def add_cli(subparsers: Any) -> None:
     train.add_argument("--crop-px", type=positive_int, default=None)
     train.add_argument("--lr", type=float, default=None)
     train.add_argument(
-        "--colour-jitter", type=float, default=None, help="half-width of the per-channel stain gain (preset 0.1)"
+        "--colour-jitter", type=float, default=None, help="per-channel stain gain half-width (cpu: 0.1)"
     )
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--evaluate-split", default="val", help="held-out split to score ('' for none)")
