@@ -210,7 +210,12 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         }
     if "detector" in report:
         det = report["detector"]["summary"]
-        keys = ("postprocessed_iou_pooled", "postprocessed_pixel_accuracy", "count_error_mean_abs")
+        keys = (
+            "postprocessed_iou_pooled",
+            "outlined_iou_pooled",
+            "postprocessed_pixel_accuracy",
+            "count_error_mean_abs",
+        )
         out["detector"] = {k: det.get(k) for k in keys}
     return out
 

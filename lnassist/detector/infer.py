@@ -21,6 +21,7 @@ from lnassist.detector import DetectorError
 from lnassist.detector.grid import Grid
 from lnassist.detector.model import to_tensor
 from lnassist.detector.postprocess import MIN_COMPONENT_PX, mask_to_contours
+from lnassist.detector.preprocess import balance_glass
 from lnassist.slide import DETECTOR_MPP, Slide
 
 DEFAULT_TILE_PX = 1024
@@ -103,9 +104,10 @@ def detect_image(
 ) -> DetectorOutput:
     """Predict the LN mask of a 1.25x image laid on ``grid`` (logit > 0) and post-process it.
 
+    The image's glass is first balanced to white (:mod:`lnassist.detector.preprocess`).
     ``region_base_px`` (x, y, width, height) restricts the predicted mask before post-processing,
     so LNs crossing the region's border are cut there."""
-    mask = predict_logits(model, image, tile_px, overlap_px) > 0
+    mask = predict_logits(model, balance_glass(image), tile_px, overlap_px) > 0
     if region_base_px is not None:
         mask &= grid.rectangle_mask(*region_base_px)
     contours, cleaned = mask_to_contours(mask, grid, min_component_px)
