@@ -216,7 +216,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "postprocessed_pixel_accuracy",
             "count_error_mean_abs",
         )
-        out["detector"] = {k: det.get(k) for k in keys}
+        out["detector"] = {k: det[k] for k in keys if k in det}  # reports before "outlined" lack it
     return out
 
 
