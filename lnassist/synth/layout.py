@@ -1,7 +1,8 @@
 """Slide layout: everything about a synthetic LN slide as vector data (the ground truth), from a seed.
 
 A layout holds the lymph nodes (outline, capsule, sinuses, follicles, medulla), their tumour deposits
-and mimics, the surrounding fat and fibrous tissue, and every explicitly placed cell (tumour cells,
+and mimics, the surrounding fat and fibrous tissue, tissue that is no node ("scanned": skin, muscle,
+fat lobules; extranodal.py), and every explicitly placed cell (tumour cells,
 histiocytes, HEV endothelium, floater epithelium). Coordinates are base-level (20x, 0.46 um/px) pixels,
 x right, y down. Rendering (render.py) only reads a layout; dense background nuclei (lymphocytes,
 fibroblasts) are not stored but drawn from coordinate hashes at render time.
