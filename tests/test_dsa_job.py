@@ -253,11 +253,15 @@ def test_pathologist_corrected_outlines_are_rescored_from_girder(dsa: Dsa, slide
     log = job_log(job)
     assert job["status"] == JOB_SUCCESS, tail(log)
     assert f"1 LN outline(s) from annotation {record['_id']}" in log
-    rescored = [
-        d["annotation"]
-        for d in annotations(dsa.gc, item["_id"])
-        if d["annotation"]["name"] == "LN metastasis" and d["_id"] != record["_id"]
-    ]
+    # The job's output document is ingested after the job ends (a CI run looked before it was there).
+    rescored = wait_until(
+        lambda: [
+            d["annotation"]
+            for d in annotations(dsa.gc, item["_id"])
+            if d["annotation"]["name"] == "LN metastasis" and d["_id"] != record["_id"]
+        ],
+        "the rescored LN document ingested",
+    )
     (element,) = rescored[0]["elements"]
     assert np.abs(bbox_of(element["points"]) - bbox_of(kept["points"])).max() <= 2
     # Same outline (re-simplified by at most 2 px), same model: the same score.
