@@ -139,6 +139,23 @@ def test_train_from_manifest_writes_a_checkpoint_with_metadata(dataset, tmp_path
         train_from_manifest(manifest, out, SMALL, TWO_ITERATIONS)
 
 
+def test_train_from_several_manifests_pools_their_slides(dataset, tmp_path):
+    """Data sets of different looks train one detector: every manifest's train slides are drawn from,
+    and the held-out slides of those that have any are scored (a training-only data set has none)."""
+    manifest, _ = dataset
+    extra = tmp_path / "extra" / "manifest.jsonl"  # a second, training-only data set of the same slide
+    extra.parent.mkdir()
+    (extra.parent / "a.tiff").write_bytes((manifest.parent / "a.tiff").read_bytes())
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    extra.write_text("".join(json.dumps(r) + "\n" for r in rows if r["split"] == "train"))
+    out = tmp_path / "pooled.pt"
+    metadata = train_from_manifest([manifest, extra], out, SMALL, TWO_ITERATIONS, log_every=0)
+    assert metadata["trained_on"] == [str(manifest), str(extra)]
+    assert metadata["n_train_slides"] == 2 and metadata["val_report"]["n_slides"] == 1
+    with pytest.raises(DetectorError, match="no manifest"):
+        train_from_manifest([], tmp_path / "none.pt", SMALL, TWO_ITERATIONS)
+
+
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command", required=True))

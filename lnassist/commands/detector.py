@@ -127,7 +127,8 @@ def add_cli(subparsers: Any) -> None:
         "train-detector", help="train the LN detector on a data set manifest's train split",
         description="Train DeepLabv3+ at 1.25x from LN contours; evaluate on a held-out split; save weights.",
     )
-    train.add_argument("manifest", type=Path, help="manifest.jsonl (synth-dataset or the same format)")
+    train.add_argument("manifest", type=Path, nargs="+",
+                       help="manifest.jsonl (synth-dataset or the same format); several are pooled")
     train.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                        help="cpu: resnet18, 1000 iterations of 4 x 256 px crops; paper: resnet50, 40,000 "

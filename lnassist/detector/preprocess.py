@@ -27,24 +27,29 @@ def _glass_candidates(image: np.ndarray) -> np.ndarray:
     return (lo >= GLASS_MIN_LEVEL) & (hi.astype(np.int16) - lo <= GLASS_MAX_SPREAD)
 
 
-def glass_level(image: np.ndarray) -> np.ndarray | None:
-    """Glass level (R, G, B) of a uint8 RGB image, or None if it has too few glass candidates."""
-    image = np.asarray(image)
-    glass = _glass_candidates(image)
+def _level_of(image: np.ndarray, glass: np.ndarray) -> np.ndarray | None:
     if not glass.size or glass.mean() < MIN_GLASS_SHARE:
         return None
     return np.percentile(image[glass], GLASS_PERCENTILE, axis=0)
+
+
+def glass_level(image: np.ndarray) -> np.ndarray | None:
+    """Glass level (R, G, B) of a uint8 RGB image, or None if it has too few glass candidates."""
+    image = np.asarray(image)
+    return _level_of(image, _glass_candidates(image))
 
 
 def balance_glass(image: np.ndarray) -> np.ndarray:
     """The image with each channel scaled so its glass level becomes 255 (clipped) and its glass
     candidates set to pure white, as glass is on every slide the detector learnt from; unchanged
     when the glass is already white or cannot be estimated."""
-    level = glass_level(image)
+    image = np.asarray(image)
+    glass = _glass_candidates(image)
+    level = _level_of(image, glass)
     if level is None or (level >= WHITE).all():
         return image
     gain = (WHITE / level).astype(np.float32)
     out = np.clip(image.astype(np.float32) * gain + np.float32(0.5), 0, WHITE).astype(np.uint8)
     # Scaling leaves the glass's noise around 255; the detector reads that grain as tissue texture.
-    out[_glass_candidates(image)] = WHITE
+    out[glass] = WHITE
     return out

@@ -173,8 +173,19 @@ def train_detector(
     return TrainResult(model.eval(), losses, time.perf_counter() - started)
 
 
+def _held_out(manifest_paths: Sequence[Path], split: str, mpp: float) -> list[SlideSample]:
+    """The slides of ``split`` from those manifests that have any (a training-only data set has none)."""
+    samples: list[SlideSample] = []
+    for path in manifest_paths:
+        try:
+            samples += load_samples(path, (split,), mpp)
+        except DetectorError:
+            log.warning("no %s slides in %s", split, path)
+    return samples
+
+
 def train_from_manifest(
-    manifest_path: str | Path,
+    manifest_paths: str | Path | Sequence[str | Path],
     out_path: str | Path,
     model_config: DetectorConfig,
     config: TrainConfig,
@@ -183,32 +194,34 @@ def train_from_manifest(
     log_every: int = 50,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train on the manifest's ``train`` slides, evaluate on ``evaluate_split`` when it has slides, and
-    save a checkpoint whose metadata records the settings, data and results; returns that metadata."""
+    """Train on the ``train`` slides of one or more manifests (e.g. data sets of different looks, pooled),
+    evaluate on all their ``evaluate_split`` slides (if any), and save a checkpoint whose
+    metadata records the settings, data and results; returns that metadata."""
     from lnassist.detector.evaluate import evaluate_samples
 
+    if isinstance(manifest_paths, (str, Path)):
+        manifest_paths = [manifest_paths]
+    manifest_paths = [Path(p) for p in manifest_paths]
+    if not manifest_paths:
+        raise DetectorError("no manifest to train on")
     out_path = Path(out_path)
     refuse_existing(out_path, overwrite)
     model_config.validate()
     config.validate()
-    samples = load_samples(manifest_path, ("train",), model_config.mpp)
-    log.info("training on %d slides from %s", len(samples), manifest_path)
+    samples = [s for path in manifest_paths for s in load_samples(path, ("train",), model_config.mpp)]
+    log.info("training on %d slides from %s", len(samples), ", ".join(map(str, manifest_paths)))
     result = train_detector(samples, model_config, config, log_every, device)
     tail = result.losses[-max(1, min(50, len(result.losses) // 10)) :]
     metadata: dict[str, Any] = {
-        "trained_on": str(manifest_path),
+        "trained_on": [str(p) for p in manifest_paths] if len(manifest_paths) > 1 else str(manifest_paths[0]),
         "n_train_slides": len(samples),
         "train_config": asdict(config),
         "train_seconds": round(result.seconds, 1),
         "final_loss": sum(tail) / len(tail),
         "torch": str(torch.__version__),
     }
-    if evaluate_split:
-        try:
-            held_out = load_samples(manifest_path, (evaluate_split,), model_config.mpp)
-        except DetectorError:
-            log.warning("no %s slides in %s: skipping evaluation", evaluate_split, manifest_path)
-        else:
-            metadata[f"{evaluate_split}_report"] = evaluate_samples(result.model, held_out)["summary"]
+    held_out = _held_out(manifest_paths, evaluate_split, model_config.mpp) if evaluate_split else []
+    if held_out:
+        metadata[f"{evaluate_split}_report"] = evaluate_samples(result.model, held_out)["summary"]
     save_checkpoint(out_path, result.model, metadata, overwrite=overwrite)
     return metadata
