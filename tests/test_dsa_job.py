@@ -231,7 +231,7 @@ def test_a_rerun_never_touches_the_pathologists_reviewed_annotation(
     assert names.count("LN metastasis") == 2
     assert wait_until(lambda: [d["annotation"]["name"] for d in annotations(dsa.gc, item["_id"])].count(
         "LN metastasis heatmap") == 1, "the superseded heatmap gone")
-    # The item's metadata follows the new LN document once Girder has ingested it (after the job ends).
+    # slicer_cli_web applies the run's item metadata after the job reports success.
     assert wait_until(lambda: dsa.gc.get(f"item/{item['_id']}")["meta"]["lnassist_mode"] == "general",
                       "the item metadata of the second run")
 
