@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = []
     for model_name in args.model:
-        path = Path(model_name) if Path(model_name).is_file() else resolve("detector", model_name)[0]
-        model, _ = load_checkpoint(path)
+        model, _ = load_checkpoint(resolve("detector", model_name)[0])  # a registry id or a .pt path
         for data_name, (manifest, split, slides) in samples.items():
             for tile_px, overlap_px in args.tiles:
                 started = time.perf_counter()
