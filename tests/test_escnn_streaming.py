@@ -68,10 +68,11 @@ def mini_resnet(block: str) -> nn.Sequential:
 
 
 def make_model(kind: str, seed: int = 0, num_classes: int = 2) -> ESCNNModel:
-    """``kind``: "tiny", "basic" or "bottleneck"; with "_aa", anti-aliased (blur before subsampling)."""
+    """``kind``: "tiny", "narrow", "basic" or "bottleneck"; with "_aa", anti-aliased (blur before
+    subsampling)."""
     name, _, aa = kind.partition("_")
-    if name == "tiny":
-        model = build_model("tiny", num_classes, antialias=bool(aa))
+    if name in ("tiny", "narrow"):
+        model = build_model(name, num_classes, antialias=bool(aa))
     else:
         trunk = mini_resnet(name)
         model = ESCNNModel(blur_before_subsampling(trunk) if aa else trunk, 12, num_classes)
@@ -124,6 +125,7 @@ CASES = [
     ("bottleneck", (245, 270), 112),
     ("tiny_aa", (261, 229), 128),
     ("basic_aa", (301, 283), 128),
+    ("narrow", (389, 371), 224),
 ]
 
 

@@ -470,9 +470,18 @@ def test_relabel_delete_and_review_in_the_viewer(browser, study: Study) -> None:
     page.page.click("#h-annotation-context-menu .h-remove-elements")
     label_key = second["label"]
     expected = {**expected, label_key: expected[label_key] - 1, "total": expected["total"] - 1}
-    after = wait_until(
-        lambda: (s := summary(dsa.gc, item_id))["counts"] == expected and s, "deletion saved", 60
-    )
+    try:
+        after = wait_until(
+            lambda: (s := summary(dsa.gc, item_id))["counts"] == expected and s, "deletion saved", 60
+        )
+    except AssertionError as exc:
+        # Say what was saved instead (another element removed? nothing?): one CI run timed out here.
+        page.shot("viewer-deletion-failed")
+        now = summary(dsa.gc, item_id)
+        raise AssertionError(
+            f"{exc}; counts {now['counts']} (expected {expected}), deleted "
+            f"{[d['element_id'] for d in now['deleted_lns']]} (expected {second['element_id']})"
+        ) from exc
     assert [d["element_id"] for d in after["deleted_lns"]] == [second["element_id"]]
     wait_for_panel_counts(page, expected)
     # The study table on the folder page follows.

@@ -181,6 +181,24 @@ def test_ln_and_slide_images(manifest: Path) -> None:
         images_from_manifest(manifest, "train", "ln", "annotator")
 
 
+def test_several_manifests_are_pooled_with_their_names_kept_apart(manifest: Path, tmp_path: Path) -> None:
+    # A second data set reusing the first one's slide ids and LN ids (as every synth-dataset does).
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        row["slide"] = str(manifest.parent / row["slide"])
+        row["label"] = 1 - row["label"]
+    other = tmp_path / "manifest.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = images_from_manifest(manifest, "train")
+    pooled = images_from_manifest([manifest, other], "train")
+    assert [im.key for im in pooled] == [f"0:{im.key}" for im in one] + [f"1:{im.key}" for im in one]
+    assert [im.label for im in pooled] == [im.label for im in one] + [1 - im.label for im in one]
+    assert len({im.slide_id for im in images_from_manifest([manifest, other], "train", "slide")}) == 4
+    assert images_from_manifest([manifest], "train") == one
+    with pytest.raises(TrainingError, match="no LN of split"):
+        images_from_manifest([manifest, other], "test")
+
+
 def test_slide_canvas_is_the_union_of_its_lns(manifest: Path) -> None:
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if '"train_a"' in line]
     slide = open_slide(manifest.parent / rows[0]["slide"])

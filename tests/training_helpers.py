@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lnassist.manifest import MANIFEST_NAME, write_manifest
 from lnassist.slide import CLASSIFIER_MPP, Slide, open_slide
-from lnassist.synth.generate import write_slide
+from lnassist.synth.generate import gt_path_for, write_slide
 from lnassist.synth.layout import MAGNIFICATION_20X, MPP_20X, LayoutConfig
 from lnassist.synth.tiff import write_pyramid
 
@@ -39,6 +39,7 @@ def build_tiny_dataset(root: Path) -> Path:
                     "contour": node["contour"],
                     "bbox": node["bbox"],
                     "mpp": gt["mpp"],
+                    "ground_truth": gt_path_for(rel).as_posix(),
                 }
             )
     manifest = root / "manifest.jsonl"

@@ -1,5 +1,6 @@
-"""``lnassist train-classifier`` (manifest -> trained classifier folder) and ``lnassist retrain``
-(reviewed-annotation data set + parent classifier -> candidate classifier with its record).
+"""``lnassist train-classifier`` (manifest -> trained classifier folder), ``lnassist pretrain-cells``
+(synthetic manifest -> cell-level pretrained classifier) and ``lnassist retrain`` (reviewed-annotation
+data set + parent classifier -> candidate classifier with its record).
 
 Single process: ``lnassist train-classifier MANIFEST --out DIR``. Several processes or GPUs:
 ``torchrun --nproc_per_node N -m lnassist train-classifier MANIFEST --out DIR`` (same arguments).
@@ -35,7 +36,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     summary = train_classifier(
         cfg,
-        args.manifest,
+        args.manifest[0] if len(args.manifest) == 1 else args.manifest,
         args.out,
         device=args.device,
         resume=args.resume,
@@ -44,6 +45,25 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
+    return 0
+
+
+def run_pretrain_cells(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from lnassist.training.cells import CellPretrainConfig, pretrain_cells
+
+    set_threads(args.threads)
+    given = {
+        "backbone": args.backbone,
+        "iterations": args.iterations,
+        "mining_rounds": args.mining_rounds,
+        "seed": args.seed,
+        "antialias": True if args.antialias else None,
+    }
+    cfg = replace(CellPretrainConfig(), **{k: v for k, v in given.items() if v is not None})
+    summary = pretrain_cells(cfg, args.manifests, args.out, device=args.device, overwrite=args.overwrite)
+    print(json.dumps(summary["rounds"], indent=1))
     return 0
 
 
@@ -109,7 +129,9 @@ def add_cli(subparsers: Any) -> None:
         "Writes best.pt, last.pt, config.yaml, log.json and log.csv into --out. Run under torchrun for "
         "data-parallel training.",
     )
-    p.add_argument("manifest", help="manifest.jsonl (synth-dataset or the same format)")
+    p.add_argument(
+        "manifest", nargs="+", help="manifest.jsonl (synth-dataset or the same format); several are pooled"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--preset",
@@ -118,7 +140,7 @@ def add_cli(subparsers: Any) -> None:
         help="paper: resnet50, lr 1e-5, 16/16 epoch patience; cpu: tiny trunk (default %(default)s)",
     )
     p.add_argument("--config", help="YAML with TrainConfig fields, applied over the preset")
-    p.add_argument("--backbone", choices=("resnet50", "resnet18", "tiny"))
+    p.add_argument("--backbone", choices=("resnet50", "resnet18", "narrow", "tiny"))
     p.add_argument("--method", choices=("escnn", "mil"), help="mil: the patch-based baseline")
     p.add_argument("--mpp", type=float, help="training resolution, um/px (0.46 = 20x, 1.84 = 5x)")
     p.add_argument("--label-mode", choices=("ln", "slide"))
@@ -160,3 +182,27 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=run_retrain)
+
+    p = subparsers.add_parser(
+        "pretrain-cells",
+        help="pretrain the classifier on patches labelled by the synthetic slides' tumour cells",
+        description="Cell-level pretraining (synthetic slides only): patches around tumour cells against "
+        "mimics, cut edges and node tissue, then hard negatives mined from negative LNs. Writes "
+        "OUT/pretrained.pt (a classifier checkpoint: evaluate it, or fine-tune it with train-classifier "
+        "--init-checkpoint) and OUT/pretrain-log.json with the validation patch AUCs per kind.",
+    )
+    p.add_argument(
+        "manifests",
+        nargs="+",
+        help="manifest.jsonl of lnassist synth-dataset (ground truth); several are pooled",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--backbone", help="trunk: tiny (default), narrow, resnet18, resnet50")
+    p.add_argument("--antialias", action="store_true", help="blur before every subsampling of the trunk")
+    p.add_argument("--iterations", type=positive_int, help="steps per round (default 1200)")
+    p.add_argument("--mining-rounds", type=int, help="mining rounds after the first (default 3)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT/pretrained.pt")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cuda")
+    p.set_defaults(func=run_pretrain_cells)

@@ -87,7 +87,7 @@ def build_model(
     pretrained_path: str | Path | None = None,
     antialias: bool = False,
 ) -> ESCNNModel:
-    """The paper's classifier on ``backbone`` (``resnet50``, ``resnet18`` or ``tiny``).
+    """The paper's classifier on ``backbone`` (``resnet50``, ``resnet18``, ``narrow`` or ``tiny``).
 
     ``pretrained_path``: optional local torchvision ImageNet state dict for the trunk (read with
     ``weights_only=True``); the head is always freshly initialised. ``antialias``: blur before every

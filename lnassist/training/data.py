@@ -8,7 +8,8 @@ opened once per process and kept open.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,24 @@ def _mpp(row: dict[str, Any]) -> float | None:
 
 
 def images_from_manifest(
-    manifest: str | Path, split: str, label_mode: str = "ln", label_field: str = "label"
+    manifest: str | Path | Sequence[str | Path],
+    split: str,
+    label_mode: str = "ln",
+    label_field: str = "label",
 ) -> list[TrainImage]:
-    """The training images of ``split``, in manifest order, labelled from ``label_field``."""
+    """The training images of ``split``, in manifest order, labelled from ``label_field``.
+
+    Several manifests (e.g. one per slide look) are pooled in the order given; their keys and slide
+    ids are then prefixed with the manifest's index (``"1:train_0003/0"``), as data sets reuse names."""
+    if not isinstance(manifest, str | Path):
+        manifests = list(manifest)
+        if len(manifests) == 1:
+            return images_from_manifest(manifests[0], split, label_mode, label_field)
+        return [
+            replace(image, key=f"{i}:{image.key}", slide_id=f"{i}:{image.slide_id}")
+            for i, one in enumerate(manifests)
+            for image in images_from_manifest(one, split, label_mode, label_field)
+        ]
     rows = read_manifest(manifest, splits=(split,), label_field=label_field)
     if not rows:
         raise TrainingError(f"{manifest}: no LN of split {split!r}")

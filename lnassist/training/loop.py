@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -272,9 +272,13 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- loop
 
 
+def _manifest_record(manifest: str | Path | Sequence[str | Path]) -> str | list[str]:
+    return str(manifest) if isinstance(manifest, str | Path) else [str(m) for m in manifest]
+
+
 def train_classifier(
     cfg: TrainConfig,
-    manifest: str | Path,
+    manifest: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     *,
     device: torch.device | str = "cpu",
@@ -395,7 +399,7 @@ def train_classifier(
                 classifier.metadata = {
                     "training": {
                         "config": cfg.to_dict(),
-                        "manifest": str(manifest),
+                        "manifest": _manifest_record(manifest),
                         "epoch": epoch,
                         "val_loss": val["val_loss"],
                         "val_auc": val["val_auc"],
