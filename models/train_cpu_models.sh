@@ -67,3 +67,24 @@ $PY -m $SEVAL_CMD
 $PY -m lnassist publish-model detector "$RUNS/detector-mnv2-scanned-v2.pt" --id detector-cpu-scanned-v2 --half \
   --not-default --data-command "$SDATA_CMD" --train-command "$SDET_CMD" --evaluate-command "$SEVAL_CMD" \
   --report "$RUNS/card-scanned.json"
+
+# The issue #15 classifier (classifier-cpu-v2, the default): cell-level pretraining on both looks' training
+# slides (the generator's tumour cells against mimics, cut edges and node tissue, then hard negatives mined
+# from negative LNs in three rounds), then ESCNN fine-tuning on LN labels alone with the cut edge jittered.
+CDATA=$WORK/synth-scanned-15
+CDATA_CMD="lnassist synth-dataset $CDATA --config models/synth-scanned-v2.yaml"
+[ -f "$CDATA/manifest.jsonl" ] || $PY -m $CDATA_CMD --workers 2
+PRE_CMD="lnassist pretrain-cells $M $CDATA/manifest.jsonl --out $RUNS/cells-v2 --threads 1"
+$PY -m $PRE_CMD
+FT_CMD="lnassist train-classifier $M $CDATA/manifest.jsonl --preset cpu --config models/classifier-finetune.yaml \
+--init-checkpoint $RUNS/cells-v2/pretrained.pt --lr 1e-4 --max-epochs 2 --out $RUNS/classifier-cpu-v2 --threads 1 --no-progress"
+$PY -m $FT_CMD
+V2_CARD_EVAL="lnassist evaluate $M --split test --classifier classifier-cpu-v2=models/classifier-cpu-v2.pt \
+--classifier classifier-cpu-v1=models/classifier-cpu-v1.pt --detector models/detector-cpu-v1.pt --out $RUNS/card-v2 \
+--no-progress --overwrite --threads 1"
+$PY -m lnassist publish-model classifier "$RUNS/classifier-cpu-v2/best.pt" --id classifier-cpu-v2 \
+  --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD"
+$PY -m $V2_CARD_EVAL
+$PY -m lnassist publish-model classifier "$RUNS/classifier-cpu-v2/best.pt" --id classifier-cpu-v2 \
+  --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD" \
+  --report "$RUNS/card-v2/report.json" --evaluate-command "$V2_CARD_EVAL"

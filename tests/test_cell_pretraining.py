@@ -31,7 +31,9 @@ from lnassist.training.cells import (
 from lnassist.training.data import images_from_manifest, open_image
 
 # Small and quick: a few steps on the 3-slide data set (2 train, 1 val).
-QUICK = CellPretrainConfig(patch_px=64, shift_px=4, cell_margin_px=12, batch_size=16, iterations=60, lr=3e-3)
+QUICK = CellPretrainConfig(
+    patch_px=64, shift_px=4, cell_margin_px=12, batch_size=16, iterations=60, lr=3e-3, mining_rounds=1
+)
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ def run_pretrain_cells(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     given = {
         "backbone": args.backbone,
+        "mpp": args.mpp,
         "iterations": args.iterations,
         "mining_rounds": args.mining_rounds,
         "seed": args.seed,
@@ -198,6 +199,7 @@ def add_cli(subparsers: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backbone", help="trunk: tiny (default), narrow, resnet18, resnet50")
+    p.add_argument("--mpp", type=float, help="resolution, um/px (default 0.46 = 20x; 1.84 = 5x)")
     p.add_argument("--antialias", action="store_true", help="blur before every subsampling of the trunk")
     p.add_argument("--iterations", type=positive_int, help="steps per round (default 1200)")
     p.add_argument("--mining-rounds", type=int, help="mining rounds after the first (default 3)")
