@@ -19,7 +19,7 @@ from lnassist.devices import DeviceError, resolve_device
 
 SUBCOMMANDS = (
     "info", "synth", "synth-dataset", "detect", "train-detector", "evaluate-detector", "train-classifier",
-    "retrain", "evaluate", "collect", "models", "publish-model", "analyze", "demo",
+    "retrain", "pretrain-cells", "evaluate", "collect", "models", "publish-model", "analyze", "demo",
 )
 
 

@@ -189,7 +189,8 @@ def test_bad_input_fails_cleanly(
         models = tmp_path / "models"
         shutil.copytree(models_dir(), models)
         registry = json.loads((models / "registry.json").read_text())
-        target = models / next(m["file"] for m in registry["models"] if m["kind"] == "classifier")
+        default = registry["defaults"]["classifier"]  # the one analyze loads
+        target = models / next(m["file"] for m in registry["models"] if m["id"] == default)
         data = bytearray(target.read_bytes())
         data[100] ^= 0xFF
         target.write_bytes(bytes(data))
