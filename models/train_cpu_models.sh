@@ -10,7 +10,7 @@ DATA=$WORK/synth-v1
 RUNS=$WORK/runs
 M=$DATA/manifest.jsonl
 
-DATA_CMD="lnassist synth-dataset $DATA --seed 0"
+DATA_CMD="lnassist synth-dataset $DATA --seed 0 --look vector"
 [ -f "$M" ] || $PY -m $DATA_CMD
 mkdir -p "$RUNS"
 
@@ -52,8 +52,9 @@ $PY -m lnassist publish-model detector "$RUNS/detector-mnv2.pt" --id detector-cp
 $PY -m lnassist publish-model classifier "$RUNS/classifier-cpu/best.pt" --id classifier-cpu-v1 \
   --data-command "$DATA_CMD" --train-command "$CLS_CMD" --report "$RUNS/card/report.json" --evaluate-command "$CARD_EVAL"
 
-# The detector of the "scanned" look with extranodal tissue (registered, not the default): its own data
-# set, one thread (two threads on a shared 2-core machine ran 7x slower), the card from the shipped file.
+# The detector of the "scanned" look with extranodal tissue (the default detector since the scanned look is
+# the default): its own data set, one thread (two threads on a shared 2-core machine ran 7x slower), the
+# card from the shipped file.
 SDATA=$WORK/synth-scanned-v2
 SDATA_CMD="lnassist synth-dataset $SDATA --seed 0 --look scanned"
 [ -f "$SDATA/manifest.jsonl" ] || $PY -m $SDATA_CMD
@@ -61,12 +62,12 @@ SDET_CMD="lnassist train-detector $SDATA/manifest.jsonl --preset cpu --encoder m
 --colour-jitter 0.2 --out $RUNS/detector-mnv2-scanned-v2.pt --threads 1"
 $PY -m $SDET_CMD
 $PY -m lnassist publish-model detector "$RUNS/detector-mnv2-scanned-v2.pt" --id detector-cpu-scanned-v2 --half \
-  --not-default --data-command "$SDATA_CMD" --train-command "$SDET_CMD"
+  --data-command "$SDATA_CMD" --train-command "$SDET_CMD"
 SEVAL_CMD="lnassist evaluate-detector $SDATA/manifest.jsonl --weights models/detector-cpu-scanned-v2.pt --split test \
 --out $RUNS/card-scanned.json --threads 1 --overwrite"
 $PY -m $SEVAL_CMD
 $PY -m lnassist publish-model detector "$RUNS/detector-mnv2-scanned-v2.pt" --id detector-cpu-scanned-v2 --half \
-  --not-default --data-command "$SDATA_CMD" --train-command "$SDET_CMD" --evaluate-command "$SEVAL_CMD" \
+  --data-command "$SDATA_CMD" --train-command "$SDET_CMD" --evaluate-command "$SEVAL_CMD" \
   --report "$RUNS/card-scanned.json"
 
 # The issue #15 classifier (classifier-cpu-v2, the default): cell-level pretraining on both looks' training
@@ -89,3 +90,4 @@ $PY -m $V2_CARD_EVAL
 $PY -m lnassist publish-model classifier "$RUNS/classifier-cpu-v2/best.pt" --id classifier-cpu-v2 \
   --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD" \
   --report "$RUNS/card-v2/report.json" --evaluate-command "$V2_CARD_EVAL"
+

@@ -1,5 +1,5 @@
-"""Post-processing of detector masks (dilation, small components, contours, base-px scaling) and the
-detector grid, on hand-made masks with known answers."""
+"""Post-processing of detector masks (dilation, small components, contours, the neck split, base-px
+scaling) and the detector grid, on hand-made masks with known answers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from lnassist.detector import DetectorError
 from lnassist.detector.grid import Grid
 from lnassist.detector.postprocess import (
     MIN_COMPONENT_PX,
+    NECK_RATIO,
     clean_mask,
     dilate_diamond,
     mask_to_contours,
+    node_contours,
     outer_contours,
     outlined_mask,
     remove_small_components,
+    split_at_necks,
 )
 
 
@@ -198,3 +201,57 @@ def test_contours_rasterise_back_to_the_mask_up_to_boundary_pixels():
     assert recovered[interior].all()
     assert not recovered[~cleaned].any()
     assert recovered[boundary].any() and not recovered[boundary].all()  # the half-open edge rule
+
+
+def _discs(*discs: tuple[int, int, int], height: int = 200, width: int = 320) -> np.ndarray:
+    """Union of (x, y, radius) discs."""
+    yy, xx = np.mgrid[:height, :width]
+    mask = _blank(height, width)
+    for x, y, r in discs:
+        mask |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+    return mask
+
+
+def _inside(contour: np.ndarray, x: float, y: float) -> bool:
+    import cv2
+
+    return cv2.pointPolygonTest(contour.astype(np.float32).reshape(-1, 1, 2), (x, y), False) >= 0
+
+
+@pytest.mark.parametrize("gap_px", [-6, -2, 0])
+def test_two_nodes_pressed_together_come_back_as_two(gap_px: int):
+    """Two 50 px nodes overlapping by up to 6 px (a waist of at most 2 * sqrt(6 * 50) = 35 px, depth
+    17 px against 50): the paper's steps give one outline, the neck split two, each around one node."""
+    mask = _discs((100, 100, 50), (200 + gap_px, 100, 50))
+    cleaned = clean_mask(mask)
+    assert len(outer_contours(cleaned)) == 1
+    contours = node_contours(cleaned)
+    assert len(contours) == 2
+    assert sorted(_inside(c, 100, 100) for c in contours) == [False, True]
+    assert sorted(_inside(c, 200 + gap_px, 100) for c in contours) == [False, True]
+    # Together the parts cover the outline less the watershed's border.
+    parts = split_at_necks(outlined_mask(cleaned))
+    assert set(np.unique(parts)) == {0, 1, 2}
+    assert (parts > 0).sum() == outlined_mask(cleaned).sum()
+
+
+def test_one_lobulated_node_and_a_node_with_a_hole_stay_one():
+    # Two lobes whose centres are 40 px apart on 50 px radii: a waist of 2 * 30 px, depth 30 of 50.
+    lobes = clean_mask(_discs((120, 100, 50), (160, 100, 50)))
+    (only,) = node_contours(lobes)
+    assert _as_set(only) == _as_set(outer_contours(lobes)[0])  # exactly the paper's contour
+    # A deposit the network left out of a node's middle makes no waist: the outline is filled first.
+    holed = _discs((150, 100, 60)) & ~_discs((150, 100, 25))
+    assert len(node_contours(clean_mask(holed))) == 1
+    # A part under the minimum component size is never split off.
+    bump = clean_mask(_discs((120, 100, 60), (200, 100, 22)))  # 1,520 px, through a 2 px overlap
+    assert len(node_contours(bump)) == 1
+    assert len(node_contours(bump, min_px=100)) == 2
+
+
+def test_the_neck_ratio_decides():
+    mask = clean_mask(_discs((100, 100, 50), (180, 100, 50)))  # waist half-width 30: 0.6 of the depth
+    assert len(node_contours(mask, neck_ratio=0.5)) == 1
+    assert len(node_contours(mask, neck_ratio=NECK_RATIO)) == 2
+    contours, _ = mask_to_contours(mask, Grid(320, 200, (2.0, 2.0)))
+    assert len(contours) == 2

@@ -322,9 +322,9 @@ def test_batch_over_a_folder_analyses_every_slide(dsa: Dsa, slide: tuple[Path, d
 
 @docker_test
 def test_a_cancelled_job_is_cancelled_not_failed_and_leaves_nothing(dsa: Dsa, tmp_path: Path) -> None:
-    """Cancel once the container runs (4 LNs on one CPU thread take longer than the worker needs to
-    stop it): the job ends CANCELED, not ERROR; the container is gone; no output reaches the slide or
-    its folder."""
+    """Cancel once the container runs (a 10,000 x 6,000 px slide of four nodes on one CPU thread takes
+    longer than the worker needs to stop it): the job ends CANCELED, not ERROR; the container is gone;
+    no output reaches the slide or its folder."""
     path = tmp_path / "four-nodes.tiff"
     write_slide(path, LayoutConfig(10000, 6000, seed=8, categories=("negative",) * 4), workers=1)
     folder = dsa.gc.createFolder(dsa.folder_id, f"cancel-{uuid.uuid4().hex[:6]}")

@@ -12,13 +12,18 @@ from lnassist.registry import load_registry, models_dir, resolve
 
 # The data set command of the cards, test split only (slide seeds do not depend on the other splits).
 DATA_ARGS = ["--seed", "0", "--n-train", "0", "--n-val", "0", "--n-test", "12", "--workers", "2"]
+# The detector the classifier cards were measured with, on the "vector" look of that split.
+CLASSIFIER_CARD_DETECTOR = "detector-cpu-v1"
+SCANNED_DETECTORS = ("detector-cpu-scanned-v2",)
+SKIN_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
 
 
 @pytest.mark.slow
-def test_evaluate_reproduces_the_model_cards(tmp_path: Path) -> None:
+def test_evaluate_reproduces_the_classifier_cards(tmp_path: Path) -> None:
+    """The default classifier's card and that of the detector it was scored with, on the vector split."""
     registry = load_registry(models_dir())
-    assert main(["synth-dataset", str(tmp_path / "data"), *DATA_ARGS]) == 0
-    detector, _ = resolve("detector")
+    assert main(["synth-dataset", str(tmp_path / "data"), *DATA_ARGS, "--look", "vector"]) == 0
+    detector, detector_entry = resolve("detector", CLASSIFIER_CARD_DETECTOR)
     classifier, entry = resolve("classifier")
     out = tmp_path / "report"
     argv = [
@@ -39,30 +44,37 @@ def test_evaluate_reproduces_the_model_cards(tmp_path: Path) -> None:
     from lnassist.evaluate import headline
 
     got = headline(report)
-    for e in registry.models:
-        if e.id in registry.defaults.values():
-            card = e.summary["detector"] if e.kind == "detector" else e.summary[e.id]
-            mine = got["detector"] if e.kind == "detector" else got[e.id]
-            for key, value in card.items():
-                if value is None:  # a statistic the split cannot give (e.g. slide level, one class)
-                    assert mine[key] is None, (e.id, key)
-                else:
-                    assert mine[key] == pytest.approx(value, abs=1e-6), (e.id, key)
+    assert entry.id == registry.defaults["classifier"]
+    for e, card, mine in (
+        (entry, entry.summary[entry.id], got[entry.id]),
+        (detector_entry, detector_entry.summary["detector"], got["detector"]),
+        (entry, entry.summary["detector"], got["detector"]),
+    ):
+        for key, value in card.items():
+            if value is None:  # a statistic the split cannot give (e.g. slide level, one class)
+                assert mine[key] is None, (e.id, key)
+            else:
+                assert mine[key] == pytest.approx(value, abs=1e-6), (e.id, key)
 
 
-SCANNED_DETECTOR = "detector-cpu-scanned-v2"
-SKIN_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
+@pytest.fixture(scope="module")
+def scanned_test_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scanned detectors' card split, regenerated (the default look)."""
+    data = tmp_path_factory.mktemp("scanned") / "data"
+    assert main(["synth-dataset", str(data), *DATA_ARGS]) == 0
+    assert json.loads((data / "dataset.json").read_text())["config"]["look"] == "scanned"
+    return data / "manifest.jsonl"
 
 
 @pytest.mark.slow
-def test_the_scanned_detector_reproduces_its_card(tmp_path: Path) -> None:
-    """The scanned-look detector's card numbers come back from its test split regenerated."""
-    weights, entry = resolve("detector", SCANNED_DETECTOR)
-    assert main(["synth-dataset", str(tmp_path / "data"), *DATA_ARGS, "--look", "scanned"]) == 0
+@pytest.mark.parametrize("detector", SCANNED_DETECTORS)
+def test_the_scanned_detectors_reproduce_their_cards(scanned_test_split: Path, detector: str, tmp_path: Path):
+    """The scanned-look detectors' card numbers come back from their test split regenerated."""
+    weights, entry = resolve("detector", detector)
     out = tmp_path / "det.json"
     argv = [
         "evaluate-detector",
-        str(tmp_path / "data" / "manifest.jsonl"),
+        str(scanned_test_split),
         "--weights",
         str(weights),
         "--split",
@@ -80,12 +92,13 @@ def test_the_scanned_detector_reproduces_its_card(tmp_path: Path) -> None:
         assert got[key] == pytest.approx(value, abs=1e-6), key
 
 
-def test_the_scanned_detector_finds_no_lymph_node_in_real_skin(tmp_path: Path) -> None:
-    """A real Aperio skin excision holds no lymph node: the detector trained with extranodal tissue
-    (skin, muscle, fat) must not outline its dermis as one, as the earlier detectors do."""
+def test_the_default_detector_finds_no_lymph_node_in_real_skin(tmp_path: Path) -> None:
+    """A real Aperio skin excision holds no lymph node: the default detector, trained with extranodal
+    tissue (skin, muscle, fat), must not outline its dermis as one, as the vector-look detector does."""
     if not SKIN_SLIDE.is_file():
         pytest.fail(f"the shared real slide is missing: {SKIN_SLIDE}")
-    weights, _ = resolve("detector", SCANNED_DETECTOR)
+    weights, entry = resolve("detector")
+    assert entry.id in SCANNED_DETECTORS
     out = tmp_path / "skin.json"
     assert (
         main(["detect", str(SKIN_SLIDE), "--weights", str(weights), "--out", str(out), "--threads", "2"]) == 0

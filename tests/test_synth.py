@@ -1,6 +1,7 @@
 """Synthetic slide generator: ground truth obeys the category definitions, renders are seamless and
 deterministic, the rendered tissue matches the ground truth, and the TIFF reads back with the right
-resolution in openslide and large_image."""
+resolution in openslide and large_image. Layouts here are the "vector" look, whose flat rendering these
+tests read directly; test_synth_look.py and test_synth_anatomy.py cover the "scanned" default."""
 
 from __future__ import annotations
 
@@ -39,13 +40,17 @@ ALL_KINDS = (MACRO, MICRO, ITC, NEGATIVE_MIMIC, NEGATIVE)
 @pytest.fixture(scope="module")
 def big_layout() -> L.SlideLayout:
     return L.build_layout(
-        L.LayoutConfig(14000, 14000, seed=7, categories=ALL_KINDS, tumour_type="intestinal")
+        L.LayoutConfig(14000, 14000, seed=7, categories=ALL_KINDS, tumour_type="intestinal", look="vector")
     )
+
+
+def _small_config(seed: int) -> L.LayoutConfig:
+    return L.LayoutConfig(5000, 5000, seed=seed, categories=(ITC, NEGATIVE_MIMIC), look="vector")
 
 
 @pytest.fixture(scope="module")
 def small_layout() -> L.SlideLayout:
-    return L.build_layout(L.LayoutConfig(5000, 5000, seed=11, categories=(ITC, NEGATIVE_MIMIC)))
+    return L.build_layout(_small_config(11))
 
 
 def _mask(shape, polygons, x0=0, y0=0) -> np.ndarray:
@@ -97,7 +102,7 @@ def test_category_thresholds_in_pixels():
 
 
 def test_default_mix_gives_several_nodes_of_varied_size():
-    lay = L.build_layout(L.LayoutConfig(20000, 20000, seed=5))
+    lay = L.build_layout(L.LayoutConfig(20000, 20000, seed=5, look="vector"))
     assert 3 <= len(lay.nodes) <= 10
     diam_mm = [np.ptp(n.contour, axis=0).max() * lay.mpp / 1000 for n in lay.nodes]
     assert all(0.9 <= d <= 8.5 for d in diam_mm)
@@ -116,8 +121,8 @@ def test_render_is_seamless_across_tiles(big_layout):
 
 
 def test_render_is_deterministic(small_layout):
-    again = L.build_layout(L.LayoutConfig(5000, 5000, seed=11, categories=(ITC, NEGATIVE_MIMIC)))
-    other = L.build_layout(L.LayoutConfig(5000, 5000, seed=12, categories=(ITC, NEGATIVE_MIMIC)))
+    again = L.build_layout(_small_config(11))
+    other = L.build_layout(_small_config(12))
     c = small_layout.nodes[0].centre.astype(int)
     a = render_region(small_layout, c[0] - 200, c[1] - 200, 400, 400)
     assert np.array_equal(a, render_region(again, c[0] - 200, c[1] - 200, 400, 400))
@@ -169,7 +174,8 @@ def test_tumour_deposit_looks_like_tumour(big_layout):
         for lay in [
             L.build_layout(
                 L.LayoutConfig(
-                    14000, 14000, seed=seed, categories=(MACRO, NEGATIVE), tumour_type="intestinal"
+                    14000, 14000, seed=seed, categories=(MACRO, NEGATIVE), tumour_type="intestinal",
+                    look="vector",
                 )
             )
         ]
@@ -218,7 +224,7 @@ def test_itc_cells_are_rendered_at_their_centres(big_layout):
 @pytest.fixture(scope="module")
 def written_slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("slide") / "s.tiff"
-    gt = write_slide(path, L.LayoutConfig(4000, 3000, seed=3, categories=(ITC,)), tile_px=256)
+    gt = write_slide(path, L.LayoutConfig(4000, 3000, seed=3, categories=(ITC,), look="vector"), tile_px=256)
     return path, gt
 
 
@@ -239,7 +245,7 @@ def test_tiff_metadata_roundtrip(written_slide):
     assert meta["magnification"] == pytest.approx(20)
     assert (meta["sizeX"], meta["sizeY"]) == (4000, 3000)
     # level 0 pixels are the rendered pixels (JPEG error only)
-    lay = L.build_layout(L.LayoutConfig(4000, 3000, seed=3, categories=(ITC,)))
+    lay = L.build_layout(L.LayoutConfig(4000, 3000, seed=3, categories=(ITC,), look="vector"))
     c = lay.nodes[0].centre.astype(int)
     read = np.asarray(slide.read_region((int(c[0]), int(c[1])), 0, (300, 200)).convert("RGB")).astype(int)
     assert np.abs(read - render_region(lay, int(c[0]), int(c[1]), 300, 200).astype(int)).mean() < 6

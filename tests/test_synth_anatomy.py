@@ -88,7 +88,7 @@ def test_node_count_spans_one_to_twelve():
 
     assert counts(20000) == set(range(1, 13))
     assert counts(5000) == {1}
-    vector = L.LayoutConfig(20000, 20000, seed=0)
+    vector = L.LayoutConfig(20000, 20000, seed=0, look="vector")
     assert min(len(L._draw_categories(vector, np.random.default_rng(i))) for i in range(300)) >= 3
     crowded = _layout(3, n_nodes=12)
     assert len(crowded.nodes) == 12

@@ -37,6 +37,7 @@ JOB_NAMES = {0: "inactive", 1: "queued", 2: "running", 3: "success", 4: "error",
 JOB_TIMEOUT_S = 900
 INGEST_TIMEOUT_S = 120
 FOLDER = "study"
+OLD_FOLDER = "study (earlier demo slides)"  # slides of an earlier generator look: moved here, never deleted
 TRUTH_KEY = "demo_truth"  # item metadata: the slide's ground truth (counts, categories, seed)
 IMAGE_ID_KEY = "lnassist_demo_image_id"  # on slicer_cli_web's tag folder: the Docker image id registered
 # (name, width, height, seed, LN categories): small enough to analyse in seconds each.
@@ -156,13 +157,14 @@ def truth_of(ground_truth: dict, categories: tuple[str, ...], seed: int) -> dict
         "total": len(labels),
         "categories": sorted(node["category"] for node in ground_truth["nodes"]),
         "seed": seed,
+        "look": ground_truth["look"],
     }
 
 
 def study_slides(gc: girder_client.GirderClient, collection_name: str, out: Path) -> tuple[dict, list[dict]]:
     """The study folder and its demo slides (items with their ground truth); made on the first run."""
     from lnassist.synth.generate import write_slide
-    from lnassist.synth.layout import LayoutConfig
+    from lnassist.synth.layout import DEFAULT_LOOK, LayoutConfig
 
     found = [c for c in gc.get("collection", parameters={"limit": 0}) if c["name"] == collection_name]
     collection = found[0] if found else gc.createCollection(collection_name, public=False)
@@ -171,10 +173,15 @@ def study_slides(gc: girder_client.GirderClient, collection_name: str, out: Path
     slides = []
     for name, width, height, seed, categories in SLIDES:
         item = items.get(name)
-        if item and TRUTH_KEY in item.get("meta", {}) and "largeImage" in item:
+        complete = item and TRUTH_KEY in item.get("meta", {}) and "largeImage" in item
+        if complete and item["meta"][TRUTH_KEY].get("look") == DEFAULT_LOOK:
             slides.append(item)
             continue
-        if item:  # a half-made slide of an interrupted run
+        if complete:  # drawn in an earlier look, maybe annotated by someone: kept, out of the study
+            old = gc.createFolder(collection["_id"], OLD_FOLDER, parentType="collection", reuseExisting=True)
+            gc.put(f"item/{item['_id']}", parameters={"folderId": old["_id"]})
+            step(f"moved {name} of an earlier look to '{OLD_FOLDER}'")
+        elif item:  # a half-made slide of an interrupted run
             gc.delete(f"item/{item['_id']}")
         path = out / name
         step(f"generating {name} ({width} x {height} px, LNs: {', '.join(categories)})")

@@ -12,7 +12,7 @@ from typing import Any
 from lnassist.categories import CATEGORIES
 from lnassist.commands.args import positive_int
 from lnassist.synth.dataset import SPLITS
-from lnassist.synth.layout import LOOKS, MPP_20X, TUMOUR_TYPES
+from lnassist.synth.layout import DEFAULT_LOOK, LOOKS, MPP_20X, TUMOUR_TYPES
 from lnassist.synth.stain import SITES
 
 
@@ -117,8 +117,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument(
         "--look",
         choices=LOOKS,
-        default="vector",
-        help="vector: flat rendering the shipped models know; scanned: texture, section and scanner optics",
+        default=DEFAULT_LOOK,
+        help="scanned: texture, anatomy, section, scanner optics; vector: the first models' flat look",
     )
     p.add_argument("--quality", type=int, default=None, help="JPEG quality (default: 85, or the scanner's)")
     p.add_argument("--workers", type=positive_int, default=2)
@@ -133,7 +133,9 @@ def add_cli(subparsers: Any) -> None:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--width-px", type=positive_int, default=None)
     d.add_argument("--height-px", type=positive_int, default=None)
-    d.add_argument("--look", choices=LOOKS, default=None, help="slide look (default: the config's, vector)")
+    d.add_argument(
+        "--look", choices=LOOKS, default=None, help=f"slide look (default: the config's, {DEFAULT_LOOK})"
+    )
     for split in SPLITS:
         d.add_argument(f"--n-{split}", type=int, default=None, help=f"number of {split} slides")
         d.add_argument(

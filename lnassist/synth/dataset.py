@@ -25,7 +25,7 @@ from lnassist.fileio import refuse_existing, write_text_atomic
 from lnassist.manifest import MANIFEST_NAME, write_manifest
 from lnassist.synth import SynthError
 from lnassist.synth.generate import ground_truth, gt_path_for, write_slide
-from lnassist.synth.layout import DEFAULT_MIX, LOOKS, TUMOUR_TYPES, LayoutConfig, build_layout
+from lnassist.synth.layout import DEFAULT_LOOK, DEFAULT_MIX, LOOKS, TUMOUR_TYPES, LayoutConfig, build_layout
 from lnassist.synth.stain import get_site
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class DatasetConfig:
     height_px: int = 12000
     tile_px: int = 512
     quality: int | None = None  # JPEG; None: 85, or each slide's scanner for the "scanned" look
-    look: str = "vector"
+    look: str = DEFAULT_LOOK
     train: SplitConfig = SplitConfig(24)
     val: SplitConfig = SplitConfig(6)
     test: SplitConfig = SplitConfig(12, ("A", "B", "C"), dict(TEST_MIX))

@@ -59,10 +59,12 @@ NODE_ROOM = 1.2  # free radius kept around a node centre, in nominal radii: elon
 NODE_ROOM_SCANNED = 1.45  # lobes reach further out
 NODE_SEAM_UM = 3.0  # "scanned": nodes pressed together keep at least this much apart (a capsule seam)
 BUCKET_PX = 256
-# How slides look: "vector" is the original flat rendering (what the shipped models were trained on),
-# "scanned" adds chromatin and stroma texture, section thickness and the site's scanner optics, and
-# draws its own anatomy: lobulated, touching nodes (outline.py), 1-12 per slide, vessels in fat and node.
+# How slides look: "scanned" (the default) has chromatin and stroma texture, section thickness, the site's
+# scanner optics and artefacts, and its own anatomy: lobulated, touching nodes (outline.py), 1-12 per
+# slide, vessels in fat and node, extranodal tissue; "vector" is the original flat rendering, kept
+# pixel for pixel because the first models (detector-cpu-v1, classifier-cpu-v1) and their cards use it.
 LOOKS = ("vector", "scanned")
+DEFAULT_LOOK = "scanned"
 
 
 @dataclass
@@ -196,7 +198,7 @@ class LayoutConfig:
     n_nodes: int | None = None
     stain_jitter: float = 1.0
     tumour_type: str | None = None
-    look: str = "vector"
+    look: str = DEFAULT_LOOK
     # "scanned" only: artefact kinds to put on the slide (each once); None: drawn at the site's rates.
     artefacts: tuple[str, ...] | None = None
     # "scanned" only: extranodal tissue kinds to add (each once, where there is room); None: drawn.
