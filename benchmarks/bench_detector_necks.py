@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import torch  # noqa: E402
+from bench_detector_tiles import data_arg  # noqa: E402
 
 from lnassist.detector.data import load_samples, manifest_slides  # noqa: E402
 from lnassist.detector.infer import detect_image  # noqa: E402
@@ -40,14 +41,6 @@ from lnassist.detector.postprocess import NECK_RATIO, clean_mask, node_contours,
 from lnassist.registry import resolve  # noqa: E402
 
 RATIOS = (0.6, 0.7, NECK_RATIO, 0.9)
-
-
-def _data(text: str) -> tuple[str, Path, str]:
-    name, _, rest = text.partition("=")
-    manifest, _, split = rest.rpartition(":")
-    if not (name and manifest and split):
-        raise argparse.ArgumentTypeError(f"expected NAME=MANIFEST:SPLIT, got {text!r}")
-    return name, Path(manifest), split
 
 
 def _counts(masks: list[np.ndarray], truths: list[int]) -> dict:
@@ -88,7 +81,7 @@ def _truth_outlines(samples, manifest: Path, split: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="detector registry id or checkpoint")
-    parser.add_argument("--data", action="append", type=_data, required=True, help="NAME=MANIFEST:SPLIT")
+    parser.add_argument("--data", action="append", type=data_arg, required=True, help="NAME=MANIFEST:SPLIT")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "detector_necks.json")
     args = parser.parse_args(argv)

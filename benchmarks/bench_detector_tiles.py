@@ -41,7 +41,8 @@ from lnassist.registry import resolve  # noqa: E402
 KEYS = ("postprocessed_iou_pooled", "outlined_iou_pooled", "n_lns_true", "n_lns_predicted", "n_slides")
 
 
-def _data(text: str) -> tuple[str, Path, str]:
+def data_arg(text: str) -> tuple[str, Path, str]:
+    """``NAME=MANIFEST:SPLIT`` (also read by bench_detector_necks.py)."""
     name, _, rest = text.partition("=")
     manifest, _, split = rest.rpartition(":")
     if not (name and manifest and split):
@@ -59,7 +60,7 @@ def _tiles(text: str) -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", required=True, help="detector registry id or checkpoint")
-    parser.add_argument("--data", action="append", type=_data, required=True, help="NAME=MANIFEST:SPLIT")
+    parser.add_argument("--data", action="append", type=data_arg, required=True, help="NAME=MANIFEST:SPLIT")
     parser.add_argument("--tiles", type=_tiles, default=[(512, 128), (1024, 256)], help="TILE:OVERLAP,...")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "detector_tiles.json")
