@@ -30,7 +30,7 @@ from typing import Any
 import cherrypy
 from girder import events, logger
 from girder.constants import AccessType
-from girder.exceptions import AccessException, RestException
+from girder.exceptions import AccessException, RestException, ValidationException
 from girder.models.file import File
 from girder.models.folder import Folder
 from girder.models.item import Item
@@ -54,6 +54,9 @@ INGEST_WAIT_S = 120
 LOG_WAIT_S = 10  # log lines can reach Girder after the job's status
 REPORT_ROWS_IN_METADATA = 1000  # the whole report is always GET /lnassist/batch/{id}/report
 CLAIM_S = 60  # a task "starting" this long was claimed by a step that died (a start takes well under 1 s)
+# A job still INACTIVE this long was made but never handed to the worker: Girder stopped in between (seen
+# once in CI: the batch waited for it forever). Normally a job leaves INACTIVE within a second.
+UNSCHEDULED_S = 120
 CREATION_S = 120  # a batch "creating" this long lost its process mid-creation (no request takes so long)
 _ENDED_JOB = (JobStatus.SUCCESS, JobStatus.ERROR, JobStatus.CANCELED)
 _CANCELING = 824  # girder_worker's CustomJobStatus.CANCELING: the worker was asked to stop the job
@@ -200,6 +203,13 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
     job = Job().load(task["jobId"], force=True, includeLog=False)  # every second: the log only on an error
     if job is None:
         _attempt_failed(task, f"its job {task['jobId']} was deleted")
+        return
+    if job["status"] == JobStatus.INACTIVE and utcnow() - job["updated"] > timedelta(seconds=UNSCHEDULED_S):
+        try:
+            Job().updateJob(job, status=JobStatus.CANCELED, log="never handed to the worker; tried again\n")
+        except ValidationException:
+            logger.warning("lnassist: could not mark the unscheduled job %s canceled", job["_id"])
+        _attempt_failed(task, f"its job {job['_id']} was never handed to the worker (Girder stopped)")
         return
     if batch["status"] == batches.BATCH_CANCELED and job["status"] not in _ENDED_JOB:
         if job["status"] != _CANCELING:
