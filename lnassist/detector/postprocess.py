@@ -155,7 +155,9 @@ def split_at_necks(
     return relabelled.reshape(parts.shape)[regions].astype(np.int32)
 
 
-def node_contours(cleaned: np.ndarray, neck_ratio: float = NECK_RATIO, min_px: int = MIN_COMPONENT_PX):
+def node_contours(
+    cleaned: np.ndarray, neck_ratio: float = NECK_RATIO, min_px: int = MIN_COMPONENT_PX
+) -> list[np.ndarray]:
     """Steps 3 and 4: each outer contour of the cleaned mask, or, where its filled outline splits at a
     neck, the outer contour of each part; (N, 2) int x, y pixel indices, components in OpenCV's order."""
     contours = []
@@ -169,9 +171,11 @@ def node_contours(cleaned: np.ndarray, neck_ratio: float = NECK_RATIO, min_px: i
             contours.append(contour)
             continue
         for label in range(1, int(parts.max()) + 1):
-            (piece, *_), _ = cv2.findContours(
+            pieces, _ = cv2.findContours(
                 (parts == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
             )
+            # A part is one piece; should the watershed leave a stray pixel, the part is its largest.
+            piece = max(pieces, key=cv2.contourArea)
             contours.append(piece.reshape(-1, 2) + (x0, y0))
     return contours
 
