@@ -92,13 +92,9 @@ def test_a_slide_at_another_base_resolution_is_resampled_and_answered_in_its_own
     that comes back is in this slide's base pixels (contours on the true LNs, CAM cells 0.46/0.25
     times as many base pixels apart as on a 20x slide)."""
     mpp = 0.25
-    # The renderer sizes its textures in 0.46 um/px pixels (render.FAT_CELL_PX, the scanned look's grain),
-    # so a "scanned" slide at 0.25 um/px is not what a 40x scanner sees, and the default detector misses
-    # its node; the vector look and its detector keep this test about coordinates.
-    layout = LayoutConfig(8000, 5000, seed=5, mpp=mpp, categories=("negative",), look="vector")
+    layout = LayoutConfig(8000, 5000, seed=5, mpp=mpp, categories=("negative",))
     gt = write_slide(tmp_path / "s40.tiff", layout, workers=1)
-    config = AnalysisConfig(mode="general", detector="detector-cpu-v1")
-    analysis = analyze(open_slide(tmp_path / "s40.tiff"), config)
+    analysis = analyze(open_slide(tmp_path / "s40.tiff"), AnalysisConfig(mode="general"))
     assert analysis.base_mpp == pytest.approx(mpp) and analysis.size_base_px == (8000, 5000)
     truths = [np.asarray(n["contour"]) for n in gt["nodes"]]
     assert len(analysis.lns) == len(truths)

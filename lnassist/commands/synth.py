@@ -101,10 +101,15 @@ def add_cli(subparsers: Any) -> None:
     )
     p.add_argument("out", help="output .tiff path; ground truth goes to <stem>.gt.json")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width-px", type=positive_int, default=16000, help="base-level width (0.46 um/px)")
+    p.add_argument("--width-px", type=positive_int, default=16000, help="base-level width (px at --mpp)")
     p.add_argument("--height-px", type=positive_int, default=16000)
     p.add_argument("--site", default="A", choices=sorted(SITES), help="stain site")
-    p.add_argument("--mpp", type=float, default=MPP_20X, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=MPP_20X,
+        help=f"base-level um/px (default {MPP_20X}, 20x; 0.25 for a 40x slide of the same kind of tissue)",
+    )
     p.add_argument(
         "--categories",
         type=_categories,

@@ -53,6 +53,17 @@ class Artefact:
         return out
 
 
+def scaled(a: Artefact, f: float) -> Artefact:
+    """``a`` with its coordinates and lengths multiplied by ``f`` (a slide's copy at another mpp)."""
+    value = (a.value[0] * f, *a.value[1:]) if a.kind == "chatter" else a.value
+    return Artefact(
+        a.kind,
+        None if a.polygon is None else a.polygon * f,
+        None if a.points is None else a.points * f,
+        value,
+    )
+
+
 def check_kinds(kinds: tuple[str, ...]) -> None:
     bad = [k for k in kinds if k not in KINDS]
     if bad:

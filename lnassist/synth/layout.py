@@ -3,14 +3,20 @@
 A layout holds the lymph nodes (outline, capsule, sinuses, follicles, medulla), their tumour deposits
 and mimics, the surrounding fat and fibrous tissue, tissue that is no node ("scanned": skin, muscle,
 fat lobules; extranodal.py), and every explicitly placed cell (tumour cells,
-histiocytes, HEV endothelium, floater epithelium). Coordinates are base-level (20x, 0.46 um/px) pixels,
-x right, y down. Rendering (render.py) only reads a layout; dense background nuclei (lymphocytes,
-fibroblasts) are not stored but drawn from coordinate hashes at render time.
+histiocytes, HEV endothelium, floater epithelium). Coordinates are base-level pixels, x right, y down.
+Rendering (render.py) only reads a layout; dense background nuclei (lymphocytes, fibroblasts) are not
+stored but drawn from coordinate hashes at render time.
+
+Cells, their spacing, the sprites, textures and scanner optics are sized in pixels of ``SCENE_MPP``
+(20x). A slide at another resolution is that scene's section seen at its own pixel size: its layout is
+built at ``SCENE_MPP`` (kept as ``scene``, which the renderer draws and resamples) and every coordinate
+of the ground truth is scaled to the slide's base pixels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,6 +37,7 @@ from lnassist.synth.section import Section, draw_section
 from lnassist.synth.stain import StainSite, get_site
 
 MPP_20X = 0.46  # um/px of the paper's classifier input (20x)
+SCENE_MPP = MPP_20X  # um/px the renderer draws in (cells, textures, optics): see the module docstring
 MAGNIFICATION_20X = 20.0
 
 # Region labels painted into the per-window label map (painter's order decides overlaps).
@@ -171,6 +178,9 @@ class SlideLayout:
     paint: list[PaintOp]
     paint_bbox: np.ndarray  # (len(paint), 4)
     cells: CellTable
+    # At SCENE_MPP: None (the layout is its own scene). Otherwise the same slide built at SCENE_MPP,
+    # of which this layout is the scaled copy; rendering draws the scene and resamples it.
+    scene: SlideLayout | None = None
 
     @property
     def slide_label(self) -> int:
@@ -262,12 +272,13 @@ class _Builder:
             self.cell_variant.append(np.asarray(variant, np.int64).reshape(-1))
 
     def ops(self) -> list[PaintOp]:
-        out = []
-        for region, poly in self.background + self.foreground:
-            x0, y0 = np.floor(poly.min(0)).astype(int) - 1
-            x1, y1 = np.ceil(poly.max(0)).astype(int) + 2
-            out.append(PaintOp(region, np.asarray(poly, np.float64), (int(x0), int(y0), int(x1), int(y1))))
-        return out
+        return [_paint_op(region, poly) for region, poly in self.background + self.foreground]
+
+
+def _paint_op(region: int, polygon: np.ndarray) -> PaintOp:
+    x0, y0 = np.floor(polygon.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(polygon.max(0)).astype(int) + 2
+    return PaintOp(region, np.asarray(polygon, np.float64), (int(x0), int(y0), int(x1), int(y1)))
 
 
 def _um(mpp: float, um: float) -> float:
@@ -802,6 +813,54 @@ def _artefacts(cfg: LayoutConfig, nodes: list[Node], floaters: list[Mimic]) -> t
 def build_layout(cfg: LayoutConfig) -> SlideLayout:
     """Generate the whole slide layout (deterministic in ``cfg``)."""
     cfg.validate()
+    base_per_scene = SCENE_MPP / cfg.mpp
+    if math.isclose(base_per_scene, 1.0, rel_tol=1e-9):
+        return _build(cfg)
+    scene_cfg = replace(
+        cfg,
+        mpp=SCENE_MPP,
+        width_px=math.ceil(cfg.width_px / base_per_scene),
+        height_px=math.ceil(cfg.height_px / base_per_scene),
+    )
+    return _scaled(_build(scene_cfg), base_per_scene, cfg)
+
+
+def _scaled(scene: SlideLayout, f: float, cfg: LayoutConfig) -> SlideLayout:
+    """``scene`` with every coordinate multiplied by ``f`` (base px per scene px), at ``cfg``'s size."""
+    pts = lambda a: None if a is None else np.asarray(a, np.float64) * f
+    mimic = lambda m: Mimic(m.kind, pts(m.polygon), pts(m.cells))
+    nodes = [
+        Node(
+            n.node_id,
+            n.category,
+            pts(n.centre),
+            pts(n.contour),
+            [Deposit(d.kind, pts(d.polygon), pts(d.cells), d.extent_px * f) for d in n.deposits],
+            [mimic(m) for m in n.mimics],
+        )
+        for n in scene.nodes
+    ]
+    paint = [_paint_op(op.region, pts(op.polygon)) for op in scene.paint]
+    return replace(
+        scene,
+        width_px=int(cfg.width_px),
+        height_px=int(cfg.height_px),
+        mpp=cfg.mpp,
+        artefacts=tuple(artefacts.scaled(a, f) for a in scene.artefacts),
+        nodes=nodes,
+        floaters=[mimic(m) for m in scene.floaters],
+        extranodal=[
+            extranodal.Piece(p.kind, pts(p.outline), [(name, pts(poly)) for name, poly in p.parts])
+            for p in scene.extranodal
+        ],
+        paint=paint,
+        paint_bbox=np.array([op.bbox for op in paint], dtype=np.int64).reshape(-1, 4),
+        cells=CellTable.build(pts(scene.cells.xy), scene.cells.bank, scene.cells.variant, cfg.width_px),
+        scene=scene,
+    )
+
+
+def _build(cfg: LayoutConfig) -> SlideLayout:
     rng = np.random.default_rng([cfg.seed, 0x5EED])
     site = get_site(cfg.site).jittered(rng, cfg.stain_jitter)
     tumour_type = cfg.tumour_type or str(rng.choice(TUMOUR_TYPES, p=[0.45, 0.35, 0.2]))

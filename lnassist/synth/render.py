@@ -7,7 +7,8 @@ centroblasts in germinal centres) from coordinate-hashed grids and the layout's 
 site's Beer-Lambert stain model turns them into RGB, glass is pure white. Every ingredient depends
 only on global coordinates, so any window equals the matching crop of any larger window (no seams),
 and no full-size array is ever needed. Only numpy / OpenCV are used; all state is local, so windows
-can be rendered from many threads.
+can be rendered from many threads. Everything is drawn at ``layout.SCENE_MPP``; a slide at another
+resolution samples its scene (``SlideLayout.scene``) at its own pixel centres.
 """
 
 from __future__ import annotations
@@ -483,6 +484,10 @@ def render_concentrations(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(H, E, region) float32/uint8 maps of the window, or None if the window has no tissue."""
     _check_window(x0, y0, w, h)
+    if layout.scene is not None:
+        raise SynthError(
+            f"stain maps exist at {L.SCENE_MPP} um/px only: pass this {layout.mpp} um/px layout's .scene"
+        )
     x0, y0, w, h = int(x0), int(y0), int(w), int(h)
     pad = sprites.max_radius() + 1
     label_pad = _region_map(layout, x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
@@ -565,6 +570,8 @@ def render_region(layout: L.SlideLayout, x0: int, y0: int, w: int, h: int) -> np
     """uint8 RGB (h, w, 3) of the base-level window at (x0, y0); pixels outside tissue are 255."""
     _check_window(x0, y0, w, h)
     x0, y0, w, h = int(x0), int(y0), int(w), int(h)
+    if layout.scene is not None:
+        return _resampled(layout, x0, y0, w, h)
     m = optics.margin_px(layout.scanner) if layout.look == "scanned" else 0
     maps = render_concentrations(layout, x0 - m, y0 - m, w + 2 * m, h + 2 * m)
     if maps is None:
@@ -579,3 +586,41 @@ def render_region(layout: L.SlideLayout, x0: int, y0: int, w: int, h: int) -> np
         rgb = concentrations_to_rgb(H, E, layout.site.od_matrix())
     rgb[region == L.GLASS] = 255
     return rgb
+
+
+def _resampled(layout: L.SlideLayout, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """The window of a slide at another mpp, from its scene: every base pixel samples the scene at its
+    centre (bilinear; a slide coarser than the scene is smoothed first, so it does not alias). Each
+    output pixel is a fixed function of global scene pixels, so windows stay seamless."""
+    scene = layout.scene
+    s = layout.mpp / scene.mpp  # scene px per base px
+    ux = (np.arange(x0, x0 + w, dtype=np.float64) + 0.5) * s - 0.5
+    uy = (np.arange(y0, y0 + h, dtype=np.float64) + 0.5) * s - 0.5
+    ix, iy = np.floor(ux).astype(np.int64), np.floor(uy).astype(np.int64)
+    kernel = _antialias_kernel(s)
+    m = len(kernel) // 2
+    sx0, sy0 = int(ix[0]) - m, int(iy[0]) - m
+    rgb = render_region(scene, sx0, sy0, int(ix[-1]) + 2 + m - sx0, int(iy[-1]) + 2 + m - sy0)
+    rgb = rgb.astype(np.float32)
+    if m:  # separable, as shifted sums: the same arithmetic for a pixel in every window
+        n = len(kernel)
+        rgb = sum(k * rgb[i : rgb.shape[0] - n + 1 + i] for i, k in enumerate(kernel))
+        rgb = sum(k * rgb[:, i : rgb.shape[1] - n + 1 + i] for i, k in enumerate(kernel))
+    cx, cy = ix - int(ix[0]), iy - int(iy[0])
+    fx = (ux - ix).astype(np.float32)[None, :, None]
+    fy = (uy - iy).astype(np.float32)[:, None, None]
+    top, bottom = rgb[cy], rgb[cy + 1]
+    top = top[:, cx] * (np.float32(1.0) - fx) + top[:, cx + 1] * fx
+    bottom = bottom[:, cx] * (np.float32(1.0) - fx) + bottom[:, cx + 1] * fx
+    out = top * (np.float32(1.0) - fy) + bottom * fy
+    return np.clip(out + np.float32(0.5), 0, 255).astype(np.uint8)
+
+
+def _antialias_kernel(scene_px_per_px: float) -> np.ndarray:
+    """1-D Gaussian bringing the scene's blur to about half an output pixel (nothing when upsampling)."""
+    if scene_px_per_px <= 1.0:
+        return np.ones(1, np.float32)
+    sigma = 0.5 * np.sqrt(scene_px_per_px**2 - 1.0)
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
