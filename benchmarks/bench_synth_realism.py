@@ -227,9 +227,21 @@ def tile_stats(rgb: np.ndarray) -> dict:
     return {"features": vec, "h_od": h_od.ravel(), "e_od": e_od.ravel(), "areas": areas, "dark": dark}
 
 
-def classify(x_real: np.ndarray, x_synth: np.ndarray, seed: int, repeats: int = 5) -> dict:
-    """Cross-validated logistic regression real (1) vs synthetic (0): out-of-fold scores averaged over
-    ``repeats`` shuffles, AUC with DeLong's CI, and the features it leans on most."""
+# Statistics of the finest scales (~1-5 um at TILE_MPP). They tell the two real sources apart as well:
+# they carry how a scanner and its downsampling render detail, not only what the tissue holds.
+FINE_SCALE = frozenset(
+    ["log_laplacian_energy", "log_fine_noise"] + [f"spectrum_band{b}" for b in range(3, SPECTRUM_BANDS)]
+)
+
+
+def classify(
+    x_real: np.ndarray, x_synth: np.ndarray, seed: int, repeats: int = 5, features: list[str] = FEATURES
+) -> dict:
+    """Cross-validated logistic regression real (1) vs synthetic (0) on the named ``features``:
+    out-of-fold scores averaged over ``repeats`` shuffles, AUC with DeLong's CI, and the features it
+    leans on most."""
+    cols = [FEATURES.index(f) for f in features]
+    x_real, x_synth = x_real[:, cols], x_synth[:, cols]
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -256,7 +268,7 @@ def classify(x_real: np.ndarray, x_synth: np.ndarray, seed: int, repeats: int = 
         "ci95": [round(res.ci_low, 4), round(res.ci_high, 4)],
         "n_real": int(len(x_real)),
         "n_synthetic": int(len(x_synth)),
-        "top_features": [[FEATURES[i], round(float(coef[i]), 3)] for i in top],
+        "top_features": [[features[i], round(float(coef[i]), 3)] for i in top],
     }
 
 
@@ -342,6 +354,7 @@ def main() -> int:
 
     pcam, svs_name = list(real)
     sides = {"real": pooled([pcam]), "synthetic": pooled(list(synth))}
+    aperio = pooled([svs_name])
     band = [FEATURES.index(f"spectrum_band{b}") for b in range(SPECTRUM_BANDS)]
     for side in sides.values():
         side["spectrum"] = side["features"][:, band].mean(0)
@@ -351,8 +364,18 @@ def main() -> int:
             pooled([pcam, svs_name])["features"], sides["synthetic"]["features"], args.seed
         ),
         # Reference: how well the same classifier tells two real sources (LN at 40x, skin at 20x) apart.
-        "pcam_vs_aperio": classify(sides["real"]["features"], pooled([svs_name])["features"], args.seed),
+        "pcam_vs_aperio": classify(sides["real"]["features"], aperio["features"], args.seed),
     }
+    # The same pairs on the fine-scale statistics alone, and on everything else (colour, stain, nuclei,
+    # coarser spectrum): where the distance lies.
+    for part, names in (
+        ("fine_scale", [f for f in FEATURES if f in FINE_SCALE]),
+        ("content", [f for f in FEATURES if f not in FINE_SCALE]),
+    ):
+        for pair, other in (("synthetic", sides["synthetic"]), ("aperio", aperio)):
+            classifiers[f"pcam_vs_{pair}_{part}"] = classify(
+                sides["real"]["features"], other["features"], args.seed, features=names
+            )
     statistics = {}
     for key in ("h_od", "e_od", "areas", "dark"):
         statistics[key] = {
@@ -364,6 +387,7 @@ def main() -> int:
         statistics[name] = {
             "real_pcam_median": round(float(np.median(r)), 4),
             "synthetic_median": round(float(np.median(s)), 4),
+            "real_aperio_median": round(float(np.median(aperio["features"][:, i])), 4),
             "synthetic_within_real_p5_p95": _within_real(r, s),
         }
     per_type = {
