@@ -16,6 +16,7 @@ from lnassist.detector.grid import Grid
 from lnassist.detector.model import CPU
 from lnassist.detector.train import (
     PAPER_TRAIN,
+    TRAIN_PRESETS,
     TrainConfig,
     augmented_crop,
     draw_batch,
@@ -98,3 +99,32 @@ def test_bad_training_settings_raise():
         train_detector([_sample(0)], SMALL, replace(TINY_TRAIN, batch_size=1))
     with pytest.raises(DetectorError, match="no training slides"):
         train_detector([], SMALL, TINY_TRAIN)
+
+
+def test_blur_and_pen_strokes_change_the_image_never_the_mask():
+    """The same draws with and without the two augmentations: the blurred crop is the plain one made
+    smoother (same mean), a pen stroke only darkens pixels, and the mask never changes."""
+    sample = _sample(8)
+    lap = lambda im: np.abs(cv2.Laplacian(im.astype(np.float32), cv2.CV_32F)).mean()
+    strokes = 0
+    for seed in range(12):
+        plain, mask = augmented_crop(sample, 64, 0.1, torch.Generator().manual_seed(seed))
+        blurred, mask_b = augmented_crop(sample, 64, 0.1, torch.Generator().manual_seed(seed), blur_px=2.0)
+        inked, mask_i = augmented_crop(sample, 64, 0.1, torch.Generator().manual_seed(seed), ink_p=1.0)
+        np.testing.assert_array_equal(mask, mask_b)
+        np.testing.assert_array_equal(mask, mask_i)
+        assert lap(blurred) <= lap(plain) and abs(blurred.mean() - plain.mean()) < 1.0
+        assert (inked.astype(int) <= plain.astype(int)).all()
+        strokes += int((inked < plain).any(axis=2).mean() > 0.005)
+    assert strokes >= 10  # every crop gets a stroke; a few may only graze it
+
+
+def test_the_presets_draw_no_blur_and_no_ink():
+    """The shipped cards' commands (presets without --blur-px / --ink-p) train as before."""
+    assert all(t.blur_px == 0 and t.ink_p == 0 for t in TRAIN_PRESETS.values())
+
+
+@pytest.mark.parametrize("field, value", [("blur_px", -0.1), ("blur_px", 4.5), ("ink_p", 1.5), ("ink_p", -1)])
+def test_bad_augmentation_settings_raise(field: str, value: float):
+    with pytest.raises(DetectorError, match=field):
+        replace(TINY_TRAIN, **{field: value}).validate()

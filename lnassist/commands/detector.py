@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         model_config = replace(model_config, encoder=args.encoder)
     overrides = {
         name: getattr(args, name)
-        for name in ("iterations", "batch_size", "crop_px", "lr", "colour_jitter", "seed")
+        for name in ("iterations", "batch_size", "crop_px", "lr", "colour_jitter", "blur_px", "ink_p", "seed")
         if getattr(args, name) is not None
     }
     train_config = replace(TRAIN_PRESETS[args.preset], **overrides)
@@ -140,6 +140,15 @@ def add_cli(subparsers: Any) -> None:
     train.add_argument("--lr", type=float, default=None)
     train.add_argument(
         "--colour-jitter", type=float, default=None, help="per-channel stain gain half-width (cpu: 0.1)"
+    )
+    train.add_argument(
+        "--blur-px",
+        type=float,
+        default=None,
+        help="largest Gaussian blur sigma (1.25x px) drawn per crop; 0 = none (the presets)",
+    )
+    train.add_argument(
+        "--ink-p", type=float, default=None, help="share of crops given pen strokes; 0 = none (presets)"
     )
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--evaluate-split", default="val", help="held-out split to score ('' for none)")

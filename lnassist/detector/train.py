@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,13 @@ class TrainConfig:
     """Optimisation settings; defaults are the paper's (SGD, lr 0.01, momentum 0.9, L2 5e-4, 40,000
     iterations, cosine annealing). The paper fed one whole 1.25x slide per GPU on 32 GPUs; one device
     takes ``batch_size`` crops of ``crop_px`` instead. ``colour_jitter`` is the half-width of the uniform
-    per-channel stain-intensity gain (the paper: stain concentrations x U(0.5, 1.5) + stain rotation)."""
+    per-channel stain-intensity gain (the paper: stain concentrations x U(0.5, 1.5) + stain rotation).
+    ``blur_px`` (ours) is the largest Gaussian blur (sigma, in 1.25x pixels) drawn per crop: how sharp a
+    1.25x image is depends on the scanner and on how its pyramid was made, and a detector trained on one
+    pyramid alone loses the LNs when the image is half a pixel softer (0: no blur, no draw).
+    ``ink_p`` (ours) is the share of crops that get one or two marker-pen strokes of a random colour
+    over whatever is there, the mask unchanged: without texture to go by, a blur-trained detector took
+    pathologists' pen arcs for LNs (0: none, no draw)."""
 
     iterations: int = 40_000
     batch_size: int = 8
@@ -48,6 +55,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     colour_jitter: float = 0.1
+    blur_px: float = 0.0
+    ink_p: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -62,6 +71,10 @@ class TrainConfig:
             raise DetectorError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got {self}")
         if not 0 <= self.colour_jitter < 1:
             raise DetectorError(f"colour_jitter must be in [0, 1), got {self.colour_jitter}")
+        if not 0 <= self.blur_px <= 4:
+            raise DetectorError(f"blur_px must be in [0, 4], got {self.blur_px}")
+        if not 0 <= self.ink_p <= 1:
+            raise DetectorError(f"ink_p must be in [0, 1], got {self.ink_p}")
         if self.seed < 0:
             raise DetectorError(f"seed must be >= 0, got {self.seed}")
 
@@ -82,10 +95,17 @@ def _randint(generator: torch.Generator, high: int) -> int:
 
 
 def augmented_crop(
-    sample: SlideSample, crop_px: int, colour_jitter: float, generator: torch.Generator
+    sample: SlideSample,
+    crop_px: int,
+    colour_jitter: float,
+    generator: torch.Generator,
+    blur_px: float = 0.0,
+    ink_p: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random (crop_px, crop_px) uint8 RGB crop of the sample and its boolean mask, rotated by
-    k * 90 degrees, maybe flipped left-right, with stain intensity (255 - value) scaled per channel."""
+    k * 90 degrees, maybe flipped left-right, with stain intensity (255 - value) scaled per channel,
+    with probability ``ink_p`` pen strokes on it, and with ``blur_px`` blurred by a Gaussian of sigma
+    U(0, blur_px)."""
     height, width = sample.mask.shape
     image = np.full((crop_px, crop_px, 3), WHITE, dtype=np.uint8)
     mask = np.zeros((crop_px, crop_px), dtype=bool)
@@ -101,7 +121,35 @@ def augmented_crop(
     # Scaling the darkness rather than the value keeps the white background white.
     gain = _uniform(generator, 1 - colour_jitter, 1 + colour_jitter, 3)
     image = np.clip(WHITE - (WHITE - image.astype(np.float64)) * gain, 0, WHITE).round().astype(np.uint8)
+    if ink_p > 0 and _uniform(generator, 0.0, 1.0)[0] < ink_p:
+        image = _pen_strokes(image, generator)
+    if blur_px > 0:
+        sigma = float(_uniform(generator, 0.0, blur_px)[0])
+        if sigma > 0.05:
+            image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
     return image, np.ascontiguousarray(mask)
+
+
+def _pen_strokes(image: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """``image`` with one or two marker strokes (smooth arcs 4-40 px wide at 1.25x, i.e. 30-300 um) of
+    one random ink each: optical density per channel U(0.05, 1), so any hue from pale to black."""
+    size = image.shape[0]
+    od = np.zeros(image.shape[:2], np.float32)
+    out = image.astype(np.float32)
+    for _ in range(1 + _randint(generator, 2)):
+        through = _uniform(generator, 0, size, 2)  # the arc passes through this point of the crop
+        radius = _uniform(generator, 0.2, 1.5)[0] * size
+        towards = _uniform(generator, 0, 2 * np.pi)[0]
+        span = _uniform(generator, 0.5, 3.0)[0] * 0.4 / max(radius / size, 0.4)
+        theta = towards + np.linspace(-span / 2, span / 2, 24)
+        centre = through - radius * np.array([np.cos(towards), np.sin(towards)])
+        points = centre + radius * np.stack([np.cos(theta), np.sin(theta)], 1)
+        od[:] = 0
+        width = 4 + _randint(generator, 37)
+        cv2.polylines(od, [np.round(points).astype(np.int32)], False, 1.0, thickness=width)
+        ink = _uniform(generator, 0.05, 1.0, 3).astype(np.float32)
+        out *= np.power(np.float32(10.0), -od[..., None] * ink)
+    return np.clip(out, 0, WHITE).round().astype(np.uint8)
 
 
 def draw_batch(
@@ -111,7 +159,11 @@ def draw_batch(
     crops = []
     for _ in range(config.batch_size):
         sample = samples[_randint(generator, len(samples))]
-        crops.append(augmented_crop(sample, config.crop_px, config.colour_jitter, generator))
+        crops.append(
+            augmented_crop(
+                sample, config.crop_px, config.colour_jitter, generator, config.blur_px, config.ink_p
+            )
+        )
     images = to_tensor(np.stack([image for image, _ in crops]))
     targets = torch.from_numpy(np.stack([mask for _, mask in crops])[:, np.newaxis].astype(np.float32))
     return images, targets
