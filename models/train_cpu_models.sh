@@ -53,10 +53,10 @@ $PY -m lnassist publish-model classifier "$RUNS/classifier-cpu/best.pt" --id cla
   --data-command "$DATA_CMD" --train-command "$CLS_CMD" --report "$RUNS/card/report.json" --evaluate-command "$CARD_EVAL"
 
 # The detectors of the "scanned" look with extranodal tissue: its own data set, one thread each (two threads
-# on a shared 2-core machine ran 7x slower), side by side; each card from the shipped file. v3 (the default)
-# is v2's recipe with a Gaussian blur of sigma U(0, 1) px drawn per crop and pen strokes on half the crops:
+# on a shared 2-core machine ran 7x slower), side by side; each card from the shipped file. v2 is the default.
+# v3 is v2's recipe with a Gaussian blur of sigma U(0, 1) px drawn per crop and pen strokes on half the crops:
 # v2 loses its LNs when the 1.25x image is half a pixel softer, as a 40x slide's is
-# (benchmarks/bench_detector_resolution.py); blur alone made pen arcs LNs.
+# (benchmarks/bench_detector_resolution.py); blur alone made pen arcs LNs; v3 misses small nodes.
 SDATA=$WORK/synth-scanned-v2
 SDATA_CMD="lnassist synth-dataset $SDATA --seed 0 --look scanned"
 [ -f "$SDATA/manifest.jsonl" ] || $PY -m $SDATA_CMD
@@ -75,8 +75,8 @@ publish_scanned() {  # ID CHECKPOINT TRAIN_COMMAND [--not-default]; the registry
   $PY -m lnassist publish-model detector "$2" --id "$1" --half --data-command "$SDATA_CMD" --train-command "$3" \
     --evaluate-command "$eval_cmd" --report "$RUNS/card-$1.json" ${4:-}
 }
-publish_scanned detector-cpu-scanned-v2 "$RUNS/detector-mnv2-scanned-v2.pt" "$SDET_CMD" --not-default
-publish_scanned detector-cpu-scanned-v3 "$RUNS/detector-mnv2-scanned-v3.pt" "$SDET3_CMD"
+publish_scanned detector-cpu-scanned-v3 "$RUNS/detector-mnv2-scanned-v3.pt" "$SDET3_CMD" --not-default
+publish_scanned detector-cpu-scanned-v2 "$RUNS/detector-mnv2-scanned-v2.pt" "$SDET_CMD"
 
 # The issue #15 classifier (classifier-cpu-v2, the default): cell-level pretraining on both looks' training
 # slides (the generator's tumour cells against mimics, cut edges and node tissue, then hard negatives mined
