@@ -275,6 +275,10 @@ class _Builder:
         return [_paint_op(region, poly) for region, poly in self.background + self.foreground]
 
 
+def _paint_bbox(ops: list[PaintOp]) -> np.ndarray:
+    return np.array([op.bbox for op in ops], dtype=np.int64).reshape(-1, 4)
+
+
 def _paint_op(region: int, polygon: np.ndarray) -> PaintOp:
     x0, y0 = np.floor(polygon.min(0)).astype(int) - 1
     x1, y1 = np.ceil(polygon.max(0)).astype(int) + 2
@@ -854,7 +858,7 @@ def _scaled(scene: SlideLayout, f: float, cfg: LayoutConfig) -> SlideLayout:
             for p in scene.extranodal
         ],
         paint=paint,
-        paint_bbox=np.array([op.bbox for op in paint], dtype=np.int64).reshape(-1, 4),
+        paint_bbox=_paint_bbox(paint),
         cells=CellTable.build(pts(scene.cells.xy), scene.cells.bank, scene.cells.variant, cfg.width_px),
         scene=scene,
     )
@@ -959,6 +963,6 @@ def _build(cfg: LayoutConfig) -> SlideLayout:
         floaters=floaters,
         extranodal=pieces,
         paint=ops,
-        paint_bbox=np.array([op.bbox for op in ops], dtype=np.int64).reshape(-1, 4),
+        paint_bbox=_paint_bbox(ops),
         cells=CellTable.build(xy, bank, variant, cfg.width_px),
     )
