@@ -96,6 +96,38 @@ def test_node_count_spans_one_to_twelve():
         assert (n.contour >= 0).all() and (n.contour <= crowded.width_px).all()
 
 
+def test_the_smallest_mimic_nodes_still_hold_their_histiocyte_aggregate():
+    # 0.5 mm nodes on 2,000^2 px canvases: seed 11 once had no room for one and raised.
+    aggregates = 0
+    for seed in range(11, 31):
+        layout = _layout(seed, size=2000, categories=(NEGATIVE_MIMIC,))
+        (node,) = layout.nodes
+        for mimic in node.mimics:
+            if mimic.kind == "histiocyte_aggregate":
+                aggregates += 1
+                assert geometry.polygon_inside(mimic.polygon, node.contour)
+                assert len(mimic.cells) > 0
+    assert aggregates >= 5
+
+
+def test_smallest_node_um_puts_small_nodes_on_large_canvases():
+    def diameters_um(smallest_node_um):
+        out = []
+        for seed in range(8):
+            layout = _layout(seed, size=10000, smallest_node_um=smallest_node_um)
+            for n in layout.nodes:
+                if n.category not in (MICRO, MACRO):
+                    area_px = cv2.contourArea(n.contour.astype(np.float32))
+                    out.append(2 * np.sqrt(area_px / np.pi) * layout.mpp)
+        return np.array(out)
+
+    default, small = diameters_um(None), diameters_um(500.0)
+    assert default.min() > 1000 and (small < 800).sum() >= 3 and small.min() > 500 * 0.9
+    for bad in (499.0, 1001.0):
+        with pytest.raises(L.SynthError, match="smallest_node_um"):
+            L.LayoutConfig(10000, 10000, seed=0, smallest_node_um=bad).validate()
+
+
 def test_touching_nodes_never_overlap(crowded):
     nodes = crowded.nodes
     closest = np.inf

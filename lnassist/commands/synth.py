@@ -15,6 +15,11 @@ from lnassist.synth.dataset import SPLITS
 from lnassist.synth.layout import DEFAULT_LOOK, LOOKS, MPP_20X, TUMOUR_TYPES
 from lnassist.synth.stain import SITES
 
+SMALLEST_NODE_HELP = (
+    "nodes without a micro- or macrometastasis from this diameter up (500-1000; default: 1000, "
+    "smaller only where the canvas is)"
+)
+
 
 def _categories(text: str) -> tuple[str, ...]:
     cats = tuple(c.strip() for c in text.split(",") if c.strip())
@@ -42,6 +47,7 @@ def run_synth(args: argparse.Namespace) -> int:
         n_nodes=args.n_nodes,
         tumour_type=args.tumour_type,
         look=args.look,
+        smallest_node_um=args.smallest_node_um,
     )
     t0 = time.perf_counter()
     gt = write_slide(
@@ -71,6 +77,7 @@ def run_synth_dataset(args: argparse.Namespace) -> int:
             ("width_px", args.width_px),
             ("height_px", args.height_px),
             ("look", args.look),
+            ("smallest_node_um", args.smallest_node_um),
         )
         if v is not None
     }
@@ -117,6 +124,7 @@ def add_cli(subparsers: Any) -> None:
         help=f"comma-separated node categories (default: random mix); from {', '.join(CATEGORIES)}",
     )
     p.add_argument("--n-nodes", type=positive_int, default=None)
+    p.add_argument("--smallest-node-um", type=float, default=None, help=SMALLEST_NODE_HELP)
     p.add_argument("--tumour-type", choices=TUMOUR_TYPES, default=None)
     p.add_argument("--tile-px", type=positive_int, default=512)
     p.add_argument(
@@ -141,6 +149,7 @@ def add_cli(subparsers: Any) -> None:
     d.add_argument(
         "--look", choices=LOOKS, default=None, help=f"slide look (default: the config's, {DEFAULT_LOOK})"
     )
+    d.add_argument("--smallest-node-um", type=float, default=None, help=SMALLEST_NODE_HELP)
     for split in SPLITS:
         d.add_argument(f"--n-{split}", type=int, default=None, help=f"number of {split} slides")
         d.add_argument(

@@ -52,6 +52,7 @@ class DatasetConfig:
     tile_px: int = 512
     quality: int | None = None  # JPEG; None: 85, or each slide's scanner for the "scanned" look
     look: str = DEFAULT_LOOK
+    smallest_node_um: float | None = None  # see LayoutConfig
     train: SplitConfig = SplitConfig(24)
     val: SplitConfig = SplitConfig(6)
     test: SplitConfig = SplitConfig(12, ("A", "B", "C"), dict(TEST_MIX))
@@ -134,6 +135,7 @@ def _slides(cfg: DatasetConfig):
                 mix=tuple(sc.mix.items()),
                 tumour_type=str(rng.choice(types, p=weights / weights.sum())),
                 look=cfg.look,
+                smallest_node_um=cfg.smallest_node_um,
             )
             yield split, i, site, seed, Path(split) / f"{split}_{i:04d}.tiff", lcfg
 

@@ -213,6 +213,9 @@ class LayoutConfig:
     artefacts: tuple[str, ...] | None = None
     # "scanned" only: extranodal tissue kinds to add (each once, where there is room); None: drawn.
     extranodal: tuple[str, ...] | None = None
+    # Nodes without a micro- or macrometastasis are drawn from this diameter up instead of 1 mm (the
+    # smallest nodes a dissection finds, with glass and fat around them); None: the size rules.
+    smallest_node_um: float | None = None
 
     def validate(self) -> None:
         if not (isinstance(self.width_px, int | np.integer) and isinstance(self.height_px, int | np.integer)):
@@ -245,6 +248,12 @@ class LayoutConfig:
             or sum(mix.values()) <= 0
         ):
             raise SynthError(f"category mix needs non-negative weights over {CATEGORIES}, got {mix}")
+        small = self.smallest_node_um
+        if small is not None and not SMALLEST_NODE_UM <= small <= MIN_NODE_DIAMETER_UM[NEGATIVE]:
+            raise SynthError(
+                f"smallest_node_um must be within {SMALLEST_NODE_UM:.0f}.."
+                f"{MIN_NODE_DIAMETER_UM[NEGATIVE]:.0f}, got {small}"
+            )
         if self.n_nodes is not None and not 1 <= self.n_nodes <= 30:
             raise SynthError(f"n_nodes must be within 1..30, got {self.n_nodes}")
         if self.tumour_type is not None and self.tumour_type not in TUMOUR_TYPES:
@@ -685,7 +694,16 @@ def _histiocyte_aggregate(b: _Builder, rng, f: _NodeFrame, mpp: float) -> Mimic:
             break
         c = (c + f.centre) / 2
     else:
-        raise SynthError("could not fit a histiocyte aggregate")
+        # The smallest nodes (0.5 mm, on the smallest canvases) have no room for those sizes: a smaller
+        # aggregate at the centre. (Drawn only now, so that every layout that fitted before is unchanged.)
+        r = _um(mpp, 50)
+        while True:
+            poly = geometry.blob(rng, f.centre, r, r * rng.uniform(0.5, 1.0), rng.uniform(0, np.pi), 0.15)
+            if geometry.polygon_inside(poly, f.inner):
+                break
+            r *= 0.8
+            if r < _um(mpp, 15):
+                raise SynthError("could not fit a histiocyte aggregate")
     b.paint(HISTIO, poly)
     cells = _jitter_grid(rng, poly, 30.0, 10.0)
     b.cells(cells, sprites.HISTIOCYTE, _random_variants(rng, sprites.HISTIOCYTE, len(cells)))
@@ -750,8 +768,8 @@ def _try_place_nodes(cfg: LayoutConfig, rng, categories: list[str]) -> list[tupl
     room = NODE_ROOM_SCANNED if cfg.look == "scanned" else NODE_ROOM
     for cat in order:
         lo = MIN_NODE_DIAMETER_UM[cat]
-        if cat not in (MICRO, MACRO):  # small canvases get smaller nodes
-            lo = max(min(lo, max_d_um), SMALLEST_NODE_UM)
+        if cat not in (MICRO, MACRO):  # small canvases get smaller nodes, and so does smallest_node_um
+            lo = max(min(lo, max_d_um, cfg.smallest_node_um or lo), SMALLEST_NODE_UM)
         if lo > max_d_um:
             raise SynthError(
                 f"a {cat} node needs >= {lo / 1000:.1f} mm, but the slide is only "
