@@ -7,7 +7,9 @@ the rest of the wall time is start-up and writing. Peak RSS is the child's ``ru_
 ESCNN), untrained (timing only: their scores mean nothing), for a GPU:
 ``python benchmarks/bench_pipeline.py --paper-config --device cuda --out results/pipeline_gpu.json``.
 
-    python benchmarks/bench_pipeline.py [--threads N] [--device cuda] [--out results.json]
+``--classifier A --classifier B`` runs each slide with each classifier, side by side.
+
+    python benchmarks/bench_pipeline.py [--threads N] [--device cuda] [--classifier ID ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def paper_models(folder: Path) -> None:
         )
 
 
-def run_once(slide: Path, out: Path, threads: int, device: str) -> dict:
+def run_once(slide: Path, out: Path, threads: int, device: str, classifier: str | None = None) -> dict:
     cmd = [
         sys.executable,
         str(ROOT / "cli" / "LNAnalysis" / "LNAnalysis.py"),
@@ -58,6 +60,7 @@ def run_once(slide: Path, out: Path, threads: int, device: str) -> dict:
         str(threads),
         "--device",
         device,
+        *(["--classifier", classifier] if classifier else []),
         str(slide),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -84,6 +87,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_cpu.json")
     parser.add_argument("--paper-config", action="store_true", help="untrained ResNet50 models (timing only)")
+    parser.add_argument(
+        "--classifier",
+        action="append",
+        help="classifier registry id; repeat to time several on the same slides (default: the default)",
+    )
     args = parser.parse_args()
 
     from lnassist.registry import load_registry
@@ -95,23 +103,28 @@ def main() -> None:
         if args.paper_config:
             paper_models(Path(tmp) / "models")
             os.environ["LNASSIST_MODELS"] = str(Path(tmp) / "models")
+        registry = load_registry()
+        classifiers = args.classifier or [registry.defaults["classifier"]]
         for name, side, n_nodes in SLIDES:
             slide = Path(tmp) / f"{name}.tiff"
             t0 = time.perf_counter()
             gt = write_slide(slide, LayoutConfig(side, side, seed=5, n_nodes=n_nodes), workers=2)
             generate_s = time.perf_counter() - t0
-            out = Path(tmp) / f"out-{name}"
-            out.mkdir()
-            row = {
-                "slide": name,
-                "side_px": side,
-                "lns_true": len(gt["nodes"]),
-                "generate_s": round(generate_s, 1),
-            }
-            row.update(run_once(slide, out, args.threads, args.device))
-            print(json.dumps(row), flush=True)
-            results.append(row)
-        registry = load_registry()
+            for classifier in classifiers:
+                out = Path(tmp) / f"out-{name}-{classifier}"
+                out.mkdir()
+                row = {
+                    "slide": name,
+                    "side_px": side,
+                    "lns_true": len(gt["nodes"]),
+                    "generate_s": round(generate_s, 1),
+                    "classifier": classifier,
+                }
+                row.update(run_once(slide, out, args.threads, args.device, classifier))
+                print(json.dumps(row), flush=True)
+                results.append(row)
+    wall = {(r["slide"], r["classifier"]): r["wall_s"] for r in results}
+    first = classifiers[0]
     report = {
         "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
         "machine": {
@@ -122,7 +135,10 @@ def main() -> None:
         },
         "models": registry.defaults,
         "runs": results,
-        "cost_ratio_28k_vs_20k": round(results[1]["wall_s"] / results[0]["wall_s"], 2),
+        "cost_ratio_28k_vs_20k": {c: round(wall["28k", c] / wall["20k", c], 2) for c in classifiers},
+        f"wall_ratio_vs_{first}": {
+            c: {s: round(wall[s, c] / wall[s, first], 2) for s, _, _ in SLIDES} for c in classifiers[1:]
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

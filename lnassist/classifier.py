@@ -27,7 +27,7 @@ import torch
 from lnassist.errors import LnassistError
 from lnassist.escnn.backbones import BACKBONES
 from lnassist.escnn.model import ESCNNModel, build_model, window_to_input
-from lnassist.escnn.sources import SlideRegionSource, TileSource
+from lnassist.escnn.sources import ORIENTATIONS, OrientedSource, SlideRegionSource, TileSource
 from lnassist.escnn.streaming import CamResult, StreamingConfig, stream_cam, stream_forward
 from lnassist.fileio import load_torch, save_torch
 from lnassist.results import CamGrid
@@ -35,6 +35,7 @@ from lnassist.slide import CLASSIFIER_MPP, cell_centres_inside
 
 CHECKPOINT_FORMAT = "lnassist-classifier/1"
 METHODS = ("escnn", "mil")
+ORIENTATION_COUNTS = (1, len(ORIENTATIONS))
 POSITIVE_CLASS = 1
 MIL_PATCH_PX = 256
 MIL_BATCH = 32
@@ -55,6 +56,10 @@ class ClassifierSpec:
     patch_px: int = MIL_PATCH_PX  # MIL only
     # Blur before every subsampling of the trunk (Zhang 2019); absent from older checkpoints: False.
     antialias: bool = False
+    # How many orientations of the LN image are scored, their logits averaged: 1 (as read) or all 8
+    # (quarter turns, with and without a flip: the label does not depend on them, and the average
+    # cannot either). Absent from older checkpoints: 1.
+    orientations: int = 1
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -67,6 +72,8 @@ class ClassifierSpec:
             )
         if not isinstance(self.antialias, bool):
             raise ClassifierError(f"antialias must be true or false, got {self.antialias!r}")
+        if type(self.orientations) is not int or self.orientations not in ORIENTATION_COUNTS:
+            raise ClassifierError(f"orientations must be 1 or 8, got {self.orientations!r}")
         if not self.mpp > 0 or self.patch_px < 16:
             raise ClassifierError(f"mpp must be > 0 and patch_px >= 16, got {self.mpp}, {self.patch_px}")
 
@@ -98,14 +105,20 @@ def new_classifier(
     return Classifier(model, spec, {})
 
 
+def spec_payload(spec: ClassifierSpec) -> dict[str, Any]:
+    """The spec as a checkpoint stores it."""
+    written = asdict(spec)
+    # Older lnassist versions refuse unknown spec keys: at their defaults, write what they can read.
+    for key, default in (("antialias", False), ("orientations", 1)):
+        if written[key] == default:
+            del written[key]
+    return written
+
+
 def checkpoint_payload(classifier: Classifier) -> dict[str, Any]:
-    spec = asdict(classifier.spec)
-    # Older lnassist versions refuse unknown spec keys: without the blur, write what they can read.
-    if not spec["antialias"]:
-        del spec["antialias"]
     return {
         "format": CHECKPOINT_FORMAT,
-        "spec": spec,
+        "spec": spec_payload(classifier.spec),
         "state_dict": {k: v.detach().cpu() for k, v in classifier.model.state_dict().items()},
         # Through JSON: plain types only, which weights_only loading accepts.
         "metadata": json.loads(json.dumps(classifier.metadata)),
@@ -181,10 +194,10 @@ def mil_patch_logits(
 @dataclass(frozen=True)
 class LNScore:
     score: float  # P(metastasis)
-    logits: tuple[float, ...]  # of the max-scoring patch for MIL
+    logits: tuple[float, ...]  # mean over the orientations scored; of the max-scoring patch for MIL
     canvas_mpp: float
     canvas_px: tuple[int, int]  # (height, width) of the LN image
-    tissue_tiles: int  # streamed tiles (ESCNN) or patches (MIL) that held tissue
+    tissue_tiles: int  # streamed tiles (ESCNN) or patches (MIL) that held tissue, all orientations
     cam: CamGrid | None = None  # ESCNN with ``cam=True`` only
 
 
@@ -196,30 +209,49 @@ def score_source(
     cam: bool = False,
 ) -> LNScore:
     """Score one LN image (any :class:`TileSource`, white outside the LN). With ``cam`` an ESCNN
-    classifier also returns its CAM on the slide, which needs a :class:`SlideRegionSource`."""
+    classifier also returns its CAM on the slide, which needs a :class:`SlideRegionSource`. A spec
+    with 8 orientations averages the logits of the image's eight orientations; the CAM is that of the
+    image as read."""
+    # ORIENTATIONS[0] is the image as read.
+    others = ORIENTATIONS[1 : classifier.spec.orientations]
+    views: list[TileSource] = [source, *(OrientedSource(source, turns, flip) for turns, flip in others)]
+    view_logits, tiles, grid = [], 0, None
+    for number, view in enumerate(views):
+        logits, view_tiles, view_grid = _view_logits(classifier, view, streaming, cam and number == 0)
+        view_logits.append(logits)
+        tiles += view_tiles
+        grid = grid or view_grid
+    logits = torch.stack(view_logits).mean(0)
+    return LNScore(
+        float(positive_probability(logits)),
+        tuple(float(v) for v in logits),
+        canvas_mpp,
+        (source.height, source.width),
+        tiles,
+        grid,
+    )
+
+
+def _view_logits(
+    classifier: Classifier, source: TileSource, streaming: StreamingConfig | None, cam: bool
+) -> tuple[torch.Tensor, int, CamGrid | None]:
+    """(logits (2,), tiles or patches that held tissue, CAM grid or None) of one LN image as read."""
     model = classifier.model
-    grid = None
     if classifier.spec.method == "escnn":
         # The CAM pass yields the same global-max-pooled logits as the plain forward pass.
         result = stream_cam(model, source, streaming) if cam else stream_forward(model, source, streaming)
         grid = cam_grid(result, source) if cam else None
         tiles = result.stats.tiles_total - result.stats.tiles_white
-        logits = result.logits.reshape(-1).float().cpu()
-        score = float(positive_probability(logits))
-    else:
-        _, patch_logits = mil_patch_logits(model, source, classifier.spec.patch_px)
-        tiles = len(patch_logits)
-        if tiles == 0:
-            # An all-white LN image has no patch to vote: score the white patch, like ESCNN does.
-            white = np.full((classifier.spec.patch_px,) * 2 + (3,), 255, np.uint8)
-            with torch.no_grad():
-                patch_logits = model(window_to_input(white, next(model.parameters()).device)).float().cpu()
-        probs = positive_probability(patch_logits)
-        best = int(torch.argmax(probs))
-        logits, score = patch_logits[best], float(probs[best])
-    return LNScore(
-        score, tuple(float(v) for v in logits), canvas_mpp, (source.height, source.width), tiles, grid
-    )
+        return result.logits.reshape(-1).float().cpu(), tiles, grid
+    _, patch_logits = mil_patch_logits(model, source, classifier.spec.patch_px)
+    tiles = len(patch_logits)
+    if tiles == 0:
+        # An all-white LN image has no patch to vote: score the white patch, like ESCNN does.
+        white = np.full((classifier.spec.patch_px,) * 2 + (3,), 255, np.uint8)
+        with torch.no_grad():
+            patch_logits = model(window_to_input(white, next(model.parameters()).device)).float().cpu()
+    best = int(torch.argmax(positive_probability(patch_logits)))
+    return patch_logits[best], tiles, None
 
 
 def score_ln(

@@ -38,6 +38,8 @@ def checkpoint_facts(kind: str, path: Path) -> dict[str, Any]:
         arch = (
             f"MIL patch baseline: {spec.backbone} on {spec.patch_px} px patches, LN score = max patch score"
         )
+    if spec.orientations > 1:
+        arch += f"; scored in {spec.orientations} orientations (quarter turns, flips), logits averaged"
     return {
         "architecture": arch,
         "input": f"whole LN image at {spec.mpp} um/px, white outside the contour",
@@ -51,6 +53,18 @@ def with_half_weights(payload: dict[str, Any]) -> dict[str, Any]:
     Halves the file; loading copies the values back into float32 parameters."""
     state = payload["state_dict"]
     return {**payload, "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}}
+
+
+def _with_orientations(kind: str, payload: dict[str, Any], orientations: int) -> dict[str, Any]:
+    if kind != "classifier":
+        raise RegistryError("orientations are a classifier setting; a detector has none")
+    from lnassist.classifier import ClassifierError, ClassifierSpec, spec_payload
+
+    try:
+        spec = ClassifierSpec.from_dict({**payload["spec"], "orientations": orientations})
+    except ClassifierError as exc:
+        raise RegistryError(str(exc)) from exc
+    return {**payload, "spec": spec_payload(spec)}
 
 
 def publish(
@@ -67,17 +81,21 @@ def publish(
     half: bool = False,
     folder: str | Path | None = None,
     make_default: bool = True,
+    orientations: int | None = None,
 ) -> ModelEntry:
     """Copy a trained checkpoint into the models folder (optionally with float16 weights), write its
-    model card (``<id>.md``) and register it."""
+    model card (``<id>.md``) and register it. ``orientations`` (classifiers) sets how many orientations
+    of an LN the published model scores (:class:`lnassist.classifier.ClassifierSpec`)."""
     folder = Path(folder) if folder is not None else models_dir()
-    facts = checkpoint_facts(kind, Path(checkpoint))
+    checkpoint_facts(kind, Path(checkpoint))  # refuse a file that is not a checkpoint of its kind first
     payload = load_torch(checkpoint, f"{kind} checkpoint", RegistryError)
     if half:
         payload = with_half_weights(payload)
+    if orientations is not None:
+        payload = _with_orientations(kind, payload, orientations)
     target = folder / f"{model_id}.pt"
     save_torch(target, payload, overwrite=True)
-    checkpoint_facts(kind, target)  # the shipped file itself must load
+    facts = checkpoint_facts(kind, target)  # the shipped file itself must load
     digest = sha256_of(target)
     summary: dict[str, Any] = {}
     if report is not None and kind == "detector" and "models" not in report and "summary" in report:

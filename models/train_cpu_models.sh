@@ -78,7 +78,7 @@ publish_scanned() {  # ID CHECKPOINT TRAIN_COMMAND [--not-default]; the registry
 publish_scanned detector-cpu-scanned-v3 "$RUNS/detector-mnv2-scanned-v3.pt" "$SDET3_CMD" --not-default
 publish_scanned detector-cpu-scanned-v2 "$RUNS/detector-mnv2-scanned-v2.pt" "$SDET_CMD"
 
-# The issue #15 classifier (classifier-cpu-v2, the default): cell-level pretraining on both looks' training
+# The issue #15 classifier (classifier-cpu-v2): cell-level pretraining on both looks' training
 # slides (the generator's tumour cells against mimics, cut edges and node tissue, then hard negatives mined
 # from negative LNs in three rounds), then ESCNN fine-tuning on LN labels alone with the cut edge jittered.
 CDATA=$WORK/synth-scanned-15
@@ -98,4 +98,15 @@ $PY -m $V2_CARD_EVAL
 $PY -m lnassist publish-model classifier "$RUNS/classifier-cpu-v2/best.pt" --id classifier-cpu-v2 \
   --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD" \
   --report "$RUNS/card-v2/report.json" --evaluate-command "$V2_CARD_EVAL"
+# The default: classifier-cpu-v2's weights scoring each LN in its eight orientations (quarter turns, flips),
+# logits averaged, so that how the slide lay on the scanner cannot change a score.
+D4_CARD_EVAL="lnassist evaluate $M --split test --classifier classifier-cpu-v2-d4=models/classifier-cpu-v2-d4.pt \
+--classifier classifier-cpu-v2=models/classifier-cpu-v2.pt --detector models/detector-cpu-v1.pt --out $RUNS/card-v2-d4 \
+--no-progress --overwrite --threads 1"
+$PY -m lnassist publish-model classifier models/classifier-cpu-v2.pt --id classifier-cpu-v2-d4 --orientations 8 \
+  --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD"
+$PY -m $D4_CARD_EVAL
+$PY -m lnassist publish-model classifier models/classifier-cpu-v2.pt --id classifier-cpu-v2-d4 --orientations 8 \
+  --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD" \
+  --report "$RUNS/card-v2-d4/report.json" --evaluate-command "$D4_CARD_EVAL"
 

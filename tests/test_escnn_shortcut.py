@@ -97,6 +97,15 @@ def test_shift_invariant_model_scores_do_not_move_and_an_aliasing_one_does():
     assert moved["abs_delta"]["shift_half_stride"] > 0.1
     assert moved["abs_delta"]["shift_subpixel"] > 0.05  # the dot spreads over four pixels
 
+    # Scored in all eight orientations, the same model no longer sees the flip or the quarter turn.
+    assert moved["score"] > 0.6
+    turned = measure_image(aliasing, image, transforms=("flip", "rot90"))
+    assert min(turned["abs_delta"].values()) > 0.1
+    aliasing.spec = ClassifierSpec(backbone="tiny", orientations=8)
+    averaged = measure_image(aliasing, image, transforms=("flip", "rot90", "shift_half_stride"))
+    assert max(averaged["abs_delta"]["flip"], averaged["abs_delta"]["rot90"]) < 1e-9
+    assert averaged["abs_delta"]["shift_half_stride"] > 0.01  # the grid still matters for a shift
+
 
 def test_transforms_move_pixels_as_named():
     image = np.full((5, 7, 3), 255, np.uint8)

@@ -127,6 +127,25 @@ def test_publish_writes_card_and_half_weights(tmp_path: Path) -> None:
     assert resolve("detector", folder=folder)[1].id == "det-v1"
 
 
+def test_publish_sets_a_classifier_s_orientations(tmp_path: Path) -> None:
+    from lnassist.publish import publish
+
+    src = tmp_path / "clf.pt"
+    save_classifier(src, new_classifier(ClassifierSpec(backbone="tiny"), seed=2))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    publish("classifier", src, "clf-d4", "1", folder=folder, orientations=8)
+    assert load_classifier(folder / "clf-d4.pt").spec.orientations == 8
+    assert "8 orientations" in (folder / "clf-d4.md").read_text()
+    publish("classifier", folder / "clf-d4.pt", "clf-as-read", "1", folder=folder, orientations=1)
+    assert load_classifier(folder / "clf-as-read.pt").spec.orientations == 1
+    publish("classifier", folder / "clf-d4.pt", "clf-kept", "1", folder=folder)  # as the file says
+    assert load_classifier(folder / "clf-kept.pt").spec.orientations == 8
+    with pytest.raises(RegistryError, match="orientations must be 1 or 8"):
+        publish("classifier", src, "clf-bad", "1", folder=folder, orientations=4)
+    assert not (folder / "clf-bad.pt").exists()
+
+
 def test_registry_imports_only_the_standard_library() -> None:
     # The Docker image's CLIs and the Girder server look models up; neither may pay for torch or numpy.
     code = (

@@ -34,6 +34,7 @@ def run_publish(args: argparse.Namespace) -> int:
         half=args.half,
         folder=args.models_dir,
         make_default=not args.not_default,
+        orientations=args.orientations,
     )
     print(json.dumps(asdict(entry), indent=1))
     return 0
@@ -72,5 +73,12 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--notes", default="", help="extra text for the card")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
     p.add_argument("--not-default", action="store_true", help="register without making it the default")
+    p.add_argument(
+        "--orientations",
+        type=int,
+        choices=(1, 8),
+        help="classifiers: score each LN as read (1) or in all 8 orientations, logits averaged "
+        "(default: as the checkpoint says)",
+    )
     p.add_argument("--models-dir", help="models folder (default: $LNASSIST_MODELS or models/)")
     p.set_defaults(func=run_publish)

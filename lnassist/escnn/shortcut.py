@@ -11,7 +11,8 @@ Owns, for one LN image (uint8 RGB canvas, white outside the contour):
   chance level (the share of tissue pixels within ``within_px`` of the edge);
 * score stability: |score(T(image)) - score(image)| for transforms T that keep the label: a sub-pixel
   shift (bilinear resampling), a whole-pixel shift by half the trunk's stride (the stride grid moves,
-  no pixel changes), a horizontal flip and a 90 degree rotation.
+  no pixel changes), a horizontal flip and a 90 degree rotation; scores as the classifier gives them
+  (in all the orientations its spec asks for: with eight, flip and rotation change nothing).
 
 And the per-category summary of those over a manifest split. Models, LN images and the streamed
 forward pass are the project's own (:mod:`lnassist.classifier`, :mod:`lnassist.training.data`,
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 
 from lnassist.categories import CATEGORIES
-from lnassist.classifier import POSITIVE_CLASS, Classifier, positive_probability
+from lnassist.classifier import POSITIVE_CLASS, Classifier, score_source
 from lnassist.escnn.sources import WHITE, ArraySource, TileSource
 from lnassist.escnn.streaming import ForwardResult, StreamingConfig, stream_forward
 from lnassist.metrics import delong_auc
@@ -75,8 +76,9 @@ def channel_edge_distances_px(distance_px: np.ndarray, positions_px: np.ndarray)
     return distance_px[ys, xs]
 
 
-def _score(fwd: ForwardResult) -> float:
-    return float(positive_probability(fwd.logits.reshape(-1).float().cpu()))
+def _score(classifier: Classifier, image: np.ndarray, streaming: StreamingConfig | None) -> float:
+    """The classifier's score as it is applied (all the orientations its spec asks for)."""
+    return score_source(classifier, ArraySource(image), streaming).score
 
 
 def shift_image(image: np.ndarray, dy_px: float, dx_px: float) -> np.ndarray:
@@ -126,7 +128,7 @@ def measure_image(
     """
     model = classifier.model
     fwd = stream_forward(model, ArraySource(image), streaming)
-    score = _score(fwd)
+    score = _score(classifier, image, streaming)
     distance = edge_distance_px(image)
     channel_distance = channel_edge_distances_px(distance, argmax_positions_px(fwd))
     feature_max = fwd.feature_max.double().cpu().numpy()
@@ -137,10 +139,7 @@ def measure_image(
     evidence = np.abs((weight[POSITIVE_CLASS] - weight[1 - POSITIVE_CLASS]) * feature_max)
     tissue = (image != WHITE).any(axis=2)
     stride_px = fwd.plan.geometry.y.stride
-    scores = {
-        t: _score(stream_forward(model, ArraySource(transformed(image, t, stride_px)), streaming))
-        for t in transforms
-    }
+    scores = {t: _score(classifier, transformed(image, t, stride_px), streaming) for t in transforms}
     return {
         "canvas_px": list(image.shape[:2]),
         "score": score,

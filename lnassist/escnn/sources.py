@@ -10,6 +10,9 @@ Pixels outside the canvas are white.
 resolution, white outside the polygon, read from the slide in fixed chunks so that every canvas
 pixel has one value whichever window it is read through. With a :class:`MaskJitter` (training) its
 contour edge is moved and feathered (:mod:`lnassist.escnn.mask_jitter`), still chunk by chunk.
+
+``OrientedSource`` is any source flipped and turned by quarter turns (one of the eight
+:data:`ORIENTATIONS`), read window by window from the matching window of the source it wraps.
 """
 
 from __future__ import annotations
@@ -262,3 +265,50 @@ class SlideRegionSource:
         if out is None or is_white(out):
             return None
         return out
+
+
+ORIENTATIONS = tuple((turns, flip) for flip in (False, True) for turns in range(4))
+"""The eight orientations of a canvas (the dihedral group of the square): (quarter turns, flip)."""
+
+
+@dataclass
+class OrientedSource:
+    """``source`` seen flipped left-right (when ``flip``), then turned ``quarter_turns`` times a quarter
+    turn anticlockwise (``np.rot90``); windows are read from the matching window of ``source``, so a
+    slide-backed source still reads only the chunks it needs."""
+
+    source: TileSource
+    quarter_turns: int = 0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quarter_turns not in range(4):
+            raise SourceError(f"quarter_turns must be 0, 1, 2 or 3, got {self.quarter_turns!r}")
+
+    @property
+    def height(self) -> int:
+        return self.source.width if self.quarter_turns % 2 else self.source.height
+
+    @property
+    def width(self) -> int:
+        return self.source.height if self.quarter_turns % 2 else self.source.width
+
+    def _source_px(self, y: int, x: int) -> tuple[int, int]:
+        """The source pixel shown at (y, x) of this view (also outside the canvas: the map is affine)."""
+        for turn in reversed(range(self.quarter_turns)):
+            # np.rot90 of an (h, w) image: out[i, j] = in[j, w - 1 - i]; w alternates as the image turns.
+            width_before = self.source.height if turn % 2 else self.source.width
+            y, x = x, width_before - 1 - y
+        if self.flip:
+            x = self.source.width - 1 - x
+        return y, x
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
+        (ya, xa), (yb, xb) = self._source_px(y0, x0), self._source_px(y0 + h - 1, x0 + w - 1)
+        top, left = min(ya, yb), min(xa, xb)
+        window = self.source.read(top, left, abs(yb - ya) + 1, abs(xb - xa) + 1)
+        if window is None:
+            return None
+        if self.flip:
+            window = window[:, ::-1]
+        return np.ascontiguousarray(np.rot90(window, self.quarter_turns))
