@@ -16,12 +16,9 @@ Writes ``benchmarks/results/detector_resolution.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -32,6 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.results_file import write_results  # noqa: E402
 from lnassist.detector.grid import Grid  # noqa: E402
 from lnassist.detector.infer import detect_image  # noqa: E402
 from lnassist.detector.model import load_checkpoint  # noqa: E402
@@ -121,20 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, cases in results.items()
     }
-    out = {
-        "benchmark": "detectors on one section at 20x and 40x, and on softer 1.25x images",
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "torch": torch.__version__,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "summary": summary,
-        "per_slide": per_slide,
-    }
-    path = HERE / "results" / "detector_resolution.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {path}")
+    write_results(
+        "detector_resolution.json",
+        "detectors on one section at 20x and 40x, and on softer 1.25x images",
+        t0,
+        summary,
+        per_slide,
+    )
     return 0
 
 

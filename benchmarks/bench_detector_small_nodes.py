@@ -17,12 +17,9 @@ node), other components, and the pooled IoU of the cleaned masks with the truth.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -33,6 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.results_file import write_results  # noqa: E402
 from lnassist.detector.grid import Grid  # noqa: E402
 from lnassist.detector.infer import predict_logits  # noqa: E402
 from lnassist.detector.model import load_checkpoint  # noqa: E402
@@ -102,26 +100,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(row, flush=True)
     summary = {
         name: {
-            case: {"nodes_found": a[0], "nodes_true": a[1], "other_components": a[2],
-                   "iou_pooled": round(a[3] / max(a[4], 1), 4)}
+            case: {
+                "nodes_found": a[0],
+                "nodes_true": a[1],
+                "other_components": a[2],
+                "iou_pooled": round(a[3] / max(a[4], 1), 4),
+            }
             for case, a in by_case.items()
         }
         for name, by_case in totals.items()
     }
-    out = {
-        "benchmark": "detectors on small LNs, as their small slide holds them and with glass around them",
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "torch": torch.__version__,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "summary": summary,
-        "per_slide": per_slide,
-    }
-    path = HERE / "results" / "detector_small_nodes.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {path}")
+    write_results(
+        "detector_small_nodes.json",
+        "detectors on small LNs, as their small slide holds them and with glass around them",
+        t0,
+        summary,
+        per_slide,
+    )
     return 0
 
 
