@@ -173,8 +173,13 @@ def test_the_cli_pools_manifests(manifest: Path, tmp_path: Path) -> None:
         str(out),
     ]
     args += ["--iterations", "2", "--mining-rounds", "0", "--threads", "1"]
-    subprocess.run(args, check=True, capture_output=True, text=True)
+    subprocess.run(args + ["--stain-concentration", "0.5", "1.5"], check=True, capture_output=True, text=True)
     log = json.loads((out / "pretrain-log.json").read_text())
+    # The paper's HED range replaces the default's, and the rest of the stain settings stay.
+    assert log["config"]["stain"]["concentration_range"] == [0.5, 1.5]
+    default = CellPretrainConfig().stain
+    assert default.concentration_range != (0.5, 1.5)
+    assert log["config"]["stain"]["stain_angle_deg"] == default.stain_angle_deg
     single = build_bank(manifest, "train", QUICK, np.random.default_rng(0))
     assert log["manifests"] == [str(manifest)] * 2 and len(log["rounds"]) == 1
     assert log["rounds"][0]["train_patches"][TUMOUR] > single.counts()[TUMOUR]
@@ -183,3 +188,5 @@ def test_the_cli_pools_manifests(manifest: Path, tmp_path: Path) -> None:
     )
     bad = subprocess.run(args[:-2] + ["--backbone", "vgg"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown backbone 'vgg'" in bad.stderr
+    bad = subprocess.run(args + ["--stain-concentration", "1.5", "0.5"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "concentration_range must be (low, high)" in bad.stderr

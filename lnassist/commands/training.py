@@ -63,6 +63,8 @@ def run_pretrain_cells(args: argparse.Namespace) -> int:
         "antialias": True if args.antialias else None,
     }
     cfg = replace(CellPretrainConfig(), **{k: v for k, v in given.items() if v is not None})
+    if args.stain_concentration is not None:
+        cfg = replace(cfg, stain=replace(cfg.stain, concentration_range=tuple(args.stain_concentration)))
     summary = pretrain_cells(cfg, args.manifests, args.out, device=args.device, overwrite=args.overwrite)
     print(json.dumps(summary["rounds"], indent=1))
     return 0
@@ -203,6 +205,13 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--antialias", action="store_true", help="blur before every subsampling of the trunk")
     p.add_argument("--iterations", type=positive_int, help="steps per round (default 1200)")
     p.add_argument("--mining-rounds", type=int, help="mining rounds after the first (default 3)")
+    p.add_argument(
+        "--stain-concentration",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="range of the per-patch H and E concentration factors (default 0.7 1.3; the paper's 0.5 1.5)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace OUT/pretrained.pt")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
