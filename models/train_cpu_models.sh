@@ -110,7 +110,6 @@ $PY -m lnassist publish-model classifier models/classifier-cpu-v2.pt --id classi
   --data-command "$DATA_CMD; $CDATA_CMD" --train-command "$PRE_CMD; $FT_CMD" \
   --report "$RUNS/card-v2-d4/report.json" --evaluate-command "$D4_CARD_EVAL"
 
-
 # classifier-cpu-v3, the default: v2's recipe with the stronger stain augmentation (the paper's H/E concentration
 # range 0.5-1.5 in pretraining, stain angle 10 deg and 0.6-1.4 in fine-tuning), for stains and scanners that
 # no training slide has; published scoring each LN in its eight orientations, as classifier-cpu-v2-d4.
