@@ -3,6 +3,8 @@ yields, and what tests do with it: wait for jobs, upload slides, read annotation
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -11,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import girder_client
+import pymongo
 from docker_helpers import REPO
 
 from lnassist.dsa import ATTR_DOCUMENT
 
 STACK = [sys.executable, str(REPO / "tools" / "dsa_stack.py")]
 JOB_TIMEOUT_S = 900
-JOB_SUCCESS, JOB_ERROR, JOB_CANCELED = 3, 4, 5
+JOB_INACTIVE, JOB_SUCCESS, JOB_ERROR, JOB_CANCELED = 0, 3, 4, 5
 
 
 @dataclass
@@ -110,3 +113,29 @@ def make_user(admin: girder_client.GirderClient, api_url: str, login: str) -> gi
     gc = girder_client.GirderClient(apiUrl=api_url)
     gc.authenticate(login, password)
     return gc
+
+
+def stack_ports(dsa: Dsa) -> dict[str, int]:
+    """The services' ports, from the stack's state file."""
+    state = json.loads((Path(dsa.state_dir) / "state.json").read_text())
+    return {key: value for key, value in state.items() if key.endswith("_port")}
+
+
+def database(dsa: Dsa) -> pymongo.database.Database:
+    """Girder's database itself, for faults no REST call can make (a job Girder made but never queued)."""
+    port = stack_ports(dsa)["database_port"]
+    return pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/", tz_aware=False)["girder"]
+
+
+def drop_queued_messages(dsa: Dsa) -> None:
+    """Empty girder_worker's broker queue (Redis database 0): the messages of jobs not yet taken by a
+    worker are lost, as when Redis restarts without persistence."""
+    with socket.create_connection(("127.0.0.1", stack_ports(dsa)["redis_port"]), timeout=10) as conn:
+        conn.sendall(b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*1\r\n$7\r\nFLUSHDB\r\n")
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            chunk = conn.recv(64)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply == b"+OK\r\n+OK\r\n", reply

@@ -18,19 +18,24 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import girder_client
 import numpy as np
 import pytest
 import tifffile
+from bson import ObjectId
 from docker_helpers import docker_test
 from dsa_helpers import (
     JOB_CANCELED,
+    JOB_INACTIVE,
     JOB_SUCCESS,
     Dsa,
+    database,
+    drop_queued_messages,
     http_status,
+    job_log,
     lnassist_documents,
     make_user,
     stack,
@@ -307,6 +312,61 @@ def test_girder_killed_mid_batch_finishes_it_without_duplicates(env, slide_files
     assert all(count <= ATTEMPTS for count in jobs_per_name(gc, names).values())
     for item in items:
         assert len(lnassist_documents(dsa, item["_id"], DOCUMENT_LN)) == 1
+
+
+@docker_test
+def test_a_job_a_dying_step_left_unqueued_is_replaced_and_a_queued_job_waits_for_good(
+    env, slide_files: list[Path]
+) -> None:
+    """girder_worker's jobs stay INACTIVE until a worker takes them, however long they queue, so the
+    dispatcher cannot tell a lost job by its age. It can when the step that made the job died before
+    recording it (Girder killed between making and queuing it: a batch hung in CI that way): the
+    next step cancels that job and starts the slide again."""
+    dsa, _ = env
+    gc, tag = dsa.gc, uuid.uuid4().hex[:6]
+    db = database(dsa)
+    study = new_folder(gc, dsa.folder_id, "unqueued")
+    name = f"unqueued-{tag}.tiff"
+    item = upload(dsa, study["_id"], slide_files[0], name)
+    assert stack("stop-worker").returncode == 0  # the jobs wait in the broker
+    try:
+        batch = gc.post(f"lnassist/folder/{study['_id']}/analyze")
+
+        def row_now() -> dict:
+            return rows_by_name(gc, batch["id"])[name]
+
+        lost = wait_until(lambda: row_now()["job_id"], "its job made", 120)
+        assert gc.get(f"job/{lost}")["status"] == JOB_INACTIVE
+        # The fault: the step died after making the job, before its message reached the broker and
+        # before it recorded the job on the slide's task (claimed five minutes ago).
+        drop_queued_messages(dsa)
+        created = db.job.find_one({"_id": ObjectId(lost)})["created"]
+        reset = {"state": "starting", "claimed": created - timedelta(minutes=5), "jobId": None, "attempts": 0}
+        assert (
+            db.lnassist_batch_task.update_one({"jobId": ObjectId(lost)}, {"$set": reset}).modified_count == 1
+        )
+        again = wait_until(
+            lambda: row_now()["job_id"] not in (None, lost) and row_now()["job_id"], "restarted", 120
+        )
+        old = gc.get(f"job/{lost}")
+        assert old["status"] == JOB_CANCELED and "started again" in job_log(old)
+        # The new job queues on as if for an hour: it is the slide's job still, not taken for lost.
+        long_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+        db.job.update_one({"_id": ObjectId(again)}, {"$set": {"created": long_ago, "updated": long_ago}})
+        time.sleep(5)  # five dispatcher steps
+        assert gc.get(f"job/{again}")["status"] == JOB_INACTIVE
+        assert row_now()["status"] == "running" and row_now()["job_id"] == again
+    finally:
+        result = stack("up")  # the worker back
+        assert result.returncode == 0, result.stderr[-2000:]
+    batch = wait_for_batch(gc, batch["id"])
+    assert batch["status"] == "done" and batch["states"]["done"] == 1, batch["states"]
+    row = rows_by_name(gc, batch["id"])[name]
+    assert row["status"] == "done" and row["attempts"] == 1 and row["job_id"] == again
+    assert gc.get(f"job/{again}")["status"] == JOB_SUCCESS
+    assert gc.get(f"job/{lost}")["status"] == JOB_CANCELED
+    assert jobs_per_name(gc, [name])[name] == 2
+    assert len(lnassist_documents(dsa, item["_id"], DOCUMENT_LN)) == 1
 
 
 @docker_test

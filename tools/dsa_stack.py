@@ -11,6 +11,9 @@ girder_worker running slicer_cli_web jobs in our private Docker engine (``tools/
                                        stop Girder alone and start it again on the same database
     python tools/dsa_stack.py kill-girder
                                        kill Girder alone (SIGKILL, a crash); `up` starts it again
+    python tools/dsa_stack.py stop-worker
+                                       stop girder_worker alone; jobs wait in Redis until `up`
+                                       starts it again
     python tools/dsa_stack.py second-girder | stop-second-girder
                                        a second Girder process on the same database (prints its API
                                        URL as JSON); `down` stops it too
@@ -541,6 +544,8 @@ def main(argv: list[str]) -> int:
             # and comes back on the same database; the worker and its running containers go on.
             stop("girder", read_state())
             print(json.dumps(up(), indent=2))
+        elif command == "stop-worker":
+            stop("worker", read_state())
         elif command == "second-girder":
             print(json.dumps(second_girder(), indent=2))
         elif command == "stop-second-girder":

@@ -7,7 +7,8 @@ Every ``INTERVAL_S`` the process holding the ``dispatcher`` lease (:mod:`.lease`
 2. settles tasks: a task whose job ended becomes ``done`` (once the job's LN document was stored),
    is queued again after an error until ``lnassist.batch_max_attempts`` tries were made (then
    ``failed`` with the CLI's own error line), or ``canceled``; a task left ``starting`` by a process
-   that died finds its job by the task id stamped on it, or is queued again;
+   that died finds its job by the task id stamped on it, or is queued again (its job canceled when it
+   had not reached a worker: it may never have been queued);
 3. gives auto-run's new tasks their folder's open auto-run batch, and fires due schedules;
 4. starts queued tasks, oldest first, while fewer than ``lnassist.batch_max_in_flight`` batch jobs
    are queued or running, skipping slides that need no analysis (unless the batch forces it);
@@ -30,7 +31,7 @@ from typing import Any
 import cherrypy
 from girder import events, logger
 from girder.constants import AccessType
-from girder.exceptions import AccessException, RestException, ValidationException
+from girder.exceptions import AccessException, RestException
 from girder.models.file import File
 from girder.models.folder import Folder
 from girder.models.item import Item
@@ -54,9 +55,6 @@ INGEST_WAIT_S = 120
 LOG_WAIT_S = 10  # log lines can reach Girder after the job's status
 REPORT_ROWS_IN_METADATA = 1000  # the whole report is always GET /lnassist/batch/{id}/report
 CLAIM_S = 60  # a task "starting" this long was claimed by a step that died (a start takes well under 1 s)
-# A job still INACTIVE this long was made but never handed to the worker: Girder stopped in between (seen
-# once in CI: the batch waited for it forever). Normally a job leaves INACTIVE within a second.
-UNSCHEDULED_S = 120
 CREATION_S = 120  # a batch "creating" this long lost its process mid-creation (no request takes so long)
 _ENDED_JOB = (JobStatus.SUCCESS, JobStatus.ERROR, JobStatus.CANCELED)
 _CANCELING = 824  # girder_worker's CustomJobStatus.CANCELING: the worker was asked to stop the job
@@ -189,6 +187,16 @@ def _document_stored(task: dict[str, Any], job: dict[str, Any]) -> bool:
     return False
 
 
+def _withdraw(job: dict[str, Any]) -> None:
+    """Cancel a job that a step which died made: whether its message reached the broker is unknown, as
+    girder_worker's Celery jobs stay INACTIVE until a worker starts them (however long they queue).
+    Cancelling also revokes the message if it did, so the slide's next job is its only run (once hung a
+    batch in CI: Girder was killed between making a job and queuing it, and the job waited for good)."""
+    Job().updateJob(job, log="lnassist: the batch step that made this job stopped before queuing it was "
+                    "recorded; canceled, the slide is started again\n")  # fmt: skip
+    Job().cancelJob(job)
+
+
 def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
     """Follow one in-flight task's job."""
     if task["state"] == batches.STARTING:
@@ -196,6 +204,9 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
             return  # being started right now (by this step, or by a lease holder whose step runs long)
         # A step died between claiming the task and recording its job: find the job it may have made.
         job = Job().findOne({"lnassistTaskId": task["_id"], "created": {"$gte": task["claimed"]}})
+        if job is not None and job["status"] == JobStatus.INACTIVE:
+            _withdraw(job)
+            job = None
         if job is None:
             _set(task, batches.STARTING, state=batches.QUEUED)
             return
@@ -203,13 +214,6 @@ def settle(task: dict[str, Any], batch: dict[str, Any]) -> None:
     job = Job().load(task["jobId"], force=True, includeLog=False)  # every second: the log only on an error
     if job is None:
         _attempt_failed(task, f"its job {task['jobId']} was deleted")
-        return
-    if job["status"] == JobStatus.INACTIVE and utcnow() - job["updated"] > timedelta(seconds=UNSCHEDULED_S):
-        try:
-            Job().updateJob(job, status=JobStatus.CANCELED, log="never handed to the worker; tried again\n")
-        except ValidationException:
-            logger.warning("lnassist: could not mark the unscheduled job %s canceled", job["_id"])
-        _attempt_failed(task, f"its job {job['_id']} was never handed to the worker (Girder stopped)")
         return
     if batch["status"] == batches.BATCH_CANCELED and job["status"] not in _ENDED_JOB:
         if job["status"] != _CANCELING:
