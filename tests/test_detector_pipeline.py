@@ -139,6 +139,23 @@ def test_train_from_manifest_writes_a_checkpoint_with_metadata(dataset, tmp_path
         train_from_manifest(manifest, out, SMALL, TWO_ITERATIONS)
 
 
+def test_train_from_manifest_goes_on_from_a_checkpoint(dataset, tmp_path):
+    """--init-weights: the checkpoint's architecture replaces the preset's and its path is recorded."""
+    manifest, _ = dataset
+    start = tmp_path / "start.pt"
+    save_checkpoint(start, build_detector(SMALL, seed=5))
+    out = tmp_path / "continued.pt"
+    metadata = train_from_manifest(manifest, out, CPU, TWO_ITERATIONS, log_every=0, init_weights=start)
+    model, saved = load_checkpoint(out)
+    assert model.config == SMALL and saved["init_weights"] == str(start)
+    fresh = train_from_manifest(manifest, tmp_path / "new.pt", SMALL, TWO_ITERATIONS, log_every=0)
+    assert fresh["init_weights"] is None
+    assert metadata == saved
+    args = ["train-detector", str(manifest), "--out", str(tmp_path / "x.pt"), "--init-weights", str(start)]
+    with pytest.raises(DetectorError, match="fix the architecture"):
+        _run([*args, "--encoder", "mobilenet_v2"])
+
+
 def test_train_from_several_manifests_pools_their_slides(dataset, tmp_path):
     """Data sets of different looks train one detector: every manifest's train slides are drawn from,
     and the held-out slides of those that have any are scored (a training-only data set has none)."""

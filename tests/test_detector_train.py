@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,6 +93,19 @@ def test_training_reduces_the_loss_and_repeats_exactly():
     # Measured: 0.667 -> 0.464 (mean of the first and last three of 12 iterations).
     assert np.mean(first.losses[-3:]) < 0.8 * np.mean(first.losses[:3])
     assert not first.model.training
+
+
+def test_training_goes_on_from_given_weights():
+    """Weights trained for 12 iterations start a second run: its first losses are those of a trained
+    model, not of a new one, and weights of another architecture are refused."""
+    samples = [_sample(6), _sample(7)]
+    fresh = train_detector(samples, SMALL, TINY_TRAIN, log_every=0)
+    trained = copy.deepcopy(fresh.model)
+    again = train_detector(samples, SMALL, replace(TINY_TRAIN, iterations=3), log_every=0, initial=trained)
+    assert again.model is trained
+    assert np.mean(again.losses) < np.mean(fresh.losses[:3])
+    with pytest.raises(DetectorError, match="initial weights"):
+        train_detector(samples, replace(SMALL, decoder_channels=16), TINY_TRAIN, initial=fresh.model)
 
 
 def test_bad_training_settings_raise():

@@ -79,6 +79,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     model_config = PRESETS[args.preset]
+    if args.encoder and args.init_weights:
+        raise DetectorError("--encoder and --init-weights: the starting weights fix the architecture")
     if args.encoder:
         model_config = replace(model_config, encoder=args.encoder)
     overrides = {
@@ -90,6 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
     metadata = train_from_manifest(
         args.manifest, args.out, model_config, train_config,
         evaluate_split=args.evaluate_split or None, overwrite=args.overwrite, device=args.device,
+        init_weights=args.init_weights,
     )
     print(json.dumps(metadata, indent=1))
     print(f"wrote {args.out}")
@@ -134,6 +137,8 @@ def add_cli(subparsers: Any) -> None:
                        help="cpu: resnet18, 1000 iterations of 4 x 256 px crops; paper: resnet50, 40,000 "
                             "iterations of 8 x 1024 px crops (default %(default)s)")
     train.add_argument("--encoder", default=None, help="override the preset's encoder (e.g. mobilenet_v2)")
+    train.add_argument("--init-weights", type=Path, default=None,
+                       help="go on training this detector checkpoint (its architecture) instead of a new one")
     train.add_argument("--iterations", type=positive_int, default=None)
     train.add_argument("--batch-size", type=positive_int, default=None)
     train.add_argument("--crop-px", type=positive_int, default=None)

@@ -182,15 +182,19 @@ def train_detector(
     config: TrainConfig,
     log_every: int = 50,
     device: str | torch.device = "cpu",
+    initial: LNDetector | None = None,
 ) -> TrainResult:
-    """Train a freshly initialised detector (seeded by ``config.seed``) on ``samples`` on ``device``;
-    the model is returned in eval mode on that device."""
+    """Train a freshly initialised detector (seeded by ``config.seed``), or go on training ``initial``
+    (whose config must be ``model_config``), on ``samples`` on ``device``; the model is returned in eval
+    mode on that device."""
     config.validate()
     if not samples:
         raise DetectorError("no training slides")
+    if initial is not None and initial.config != model_config:
+        raise DetectorError(f"the initial weights are a {initial.config} detector, not {model_config}")
     device = torch.device(device)
     started = time.perf_counter()
-    model = build_detector(model_config, seed=config.seed).to(device)
+    model = (initial if initial is not None else build_detector(model_config, seed=config.seed)).to(device)
     optimiser = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -245,11 +249,14 @@ def train_from_manifest(
     overwrite: bool = False,
     log_every: int = 50,
     device: str | torch.device = "cpu",
+    init_weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the ``train`` slides of one or more manifests (e.g. data sets of different looks, pooled),
-    evaluate on all their ``evaluate_split`` slides (if any), and save a checkpoint whose
-    metadata records the settings, data and results; returns that metadata."""
+    starting from the detector checkpoint ``init_weights`` if given (its architecture replaces
+    ``model_config``), evaluate on all their ``evaluate_split`` slides (if any), and save a checkpoint
+    whose metadata records the settings, data, starting weights and results; returns that metadata."""
     from lnassist.detector.evaluate import evaluate_samples
+    from lnassist.detector.model import load_checkpoint
 
     if isinstance(manifest_paths, (str, Path)):
         manifest_paths = [manifest_paths]
@@ -258,15 +265,20 @@ def train_from_manifest(
         raise DetectorError("no manifest to train on")
     out_path = Path(out_path)
     refuse_existing(out_path, overwrite)
+    initial = None
+    if init_weights is not None:
+        initial, _ = load_checkpoint(init_weights)
+        model_config = initial.config
     model_config.validate()
     config.validate()
     samples = [s for path in manifest_paths for s in load_samples(path, ("train",), model_config.mpp)]
     log.info("training on %d slides from %s", len(samples), ", ".join(map(str, manifest_paths)))
-    result = train_detector(samples, model_config, config, log_every, device)
+    result = train_detector(samples, model_config, config, log_every, device, initial)
     tail = result.losses[-max(1, min(50, len(result.losses) // 10)) :]
     metadata: dict[str, Any] = {
         "trained_on": [str(p) for p in manifest_paths] if len(manifest_paths) > 1 else str(manifest_paths[0]),
         "n_train_slides": len(samples),
+        "init_weights": str(init_weights) if init_weights is not None else None,
         "train_config": asdict(config),
         "train_seconds": round(result.seconds, 1),
         "final_loss": sum(tail) / len(tail),
