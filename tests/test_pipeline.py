@@ -94,8 +94,8 @@ def test_a_slide_at_another_base_resolution_is_resampled_and_answered_in_its_own
     mpp = 0.25
     layout = LayoutConfig(8000, 5000, seed=5, mpp=mpp, categories=("negative",))
     gt = write_slide(tmp_path / "s40.tiff", layout, workers=1)
-    # The detector trained for softer 1.25x images (a 40x slide's are; models/detector-cpu-scanned-v3.md).
-    config = AnalysisConfig(mode="general", detector="detector-cpu-scanned-v3")
+    # The detector trained for softer 1.25x images (a 40x slide's are; models/detector-cpu-scanned-v6.md).
+    config = AnalysisConfig(mode="general", detector="detector-cpu-scanned-v6")
     analysis = analyze(open_slide(tmp_path / "s40.tiff"), config)
     assert analysis.base_mpp == pytest.approx(mpp) and analysis.size_base_px == (8000, 5000)
     truths = [np.asarray(n["contour"]) for n in gt["nodes"]]
