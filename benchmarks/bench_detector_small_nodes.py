@@ -31,10 +31,9 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 
 from benchmarks.results_file import write_results  # noqa: E402
+from lnassist.detector.evaluate import score_in_glass  # noqa: E402
 from lnassist.detector.grid import Grid  # noqa: E402
-from lnassist.detector.infer import predict_logits  # noqa: E402
 from lnassist.detector.model import load_checkpoint  # noqa: E402
-from lnassist.detector.postprocess import clean_mask  # noqa: E402
 from lnassist.detector.preprocess import balance_glass  # noqa: E402
 from lnassist.registry import resolve  # noqa: E402
 from lnassist.slide import open_slide  # noqa: E402
@@ -42,25 +41,6 @@ from lnassist.synth.generate import write_slide  # noqa: E402
 from lnassist.synth.layout import LayoutConfig  # noqa: E402
 
 SLIDE_PX = (2000, 2800)
-MATCH_IOU = 0.5
-
-
-def _score(model, image: np.ndarray, truth: np.ndarray, glass_px: int) -> tuple[int, int, int, int]:
-    """(nodes found, other components, intersection px, union px) of the cleaned mask of ``image``
-    (1.25x, glass balanced) read with ``glass_px`` of white around it, against the boolean ``truth``."""
-    padded = np.pad(image, ((glass_px, glass_px), (glass_px, glass_px), (0, 0)), constant_values=255)
-    logits = predict_logits(model, padded)
-    height, width = truth.shape
-    cleaned = clean_mask(logits > 0)[glass_px : glass_px + height, glass_px : glass_px + width]
-    n, labels = cv2.connectedComponents(cleaned.astype(np.uint8), connectivity=8)
-    found = other = 0
-    for k in range(1, n):
-        component = labels == k
-        if (component & truth).sum() / (component | truth).sum() > MATCH_IOU:
-            found += 1
-        else:
-            other += 1
-    return found, other, int((cleaned & truth).sum()), int((cleaned | truth).sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     truth = grid.rasterise([c.astype(float) for c in contours])
                     image = balance_glass(slide.read_thumbnail(model.config.mpp))
                     for case, glass_px in cases.items():
-                        found, other, inter, union = _score(model, image, truth, glass_px)
+                        found, other, inter, union = score_in_glass(model, image, truth, glass_px)
                         acc = totals[name][f"{px} {case}"]
                         for i, v in enumerate((found, len(gt["nodes"]), other, inter, union)):
                             acc[i] += v

@@ -171,13 +171,11 @@ def test_the_small_node_detector_finds_half_millimetre_nodes_alone_on_glass(tmp_
     with 0.94 mm of white glass around it, as a small LN embedded on its own lies, is an LN (a component
     with IoU > 0.5) on 4 of these 6 slides and nothing else is; v2, the default, finds none
     (benchmarks/bench_detector_small_nodes.py --seeds 20:32: v6 8 of 12, v2 0)."""
-    import cv2
     import numpy as np
 
+    from lnassist.detector.evaluate import score_in_glass
     from lnassist.detector.grid import Grid
-    from lnassist.detector.infer import predict_logits
     from lnassist.detector.model import load_checkpoint
-    from lnassist.detector.postprocess import clean_mask
     from lnassist.detector.preprocess import balance_glass
     from lnassist.slide import open_slide
     from lnassist.synth.generate import write_slide
@@ -187,7 +185,6 @@ def test_the_small_node_detector_finds_half_millimetre_nodes_alone_on_glass(tmp_
         name: load_checkpoint(resolve("detector", name)[0])[0]
         for name in ("detector-cpu-scanned-v6", "detector-cpu-scanned-v2")
     }
-    glass_px = 128
     found = dict.fromkeys(models, 0)
     for seed in range(20, 26):
         gt = write_slide(tmp_path / f"small-{seed}.tiff", LayoutConfig(2000, 2000, seed=seed), workers=2)
@@ -197,14 +194,8 @@ def test_the_small_node_detector_finds_half_millimetre_nodes_alone_on_glass(tmp_
             truth = Grid.of_slide(slide, model.config.mpp).rasterise(
                 [np.asarray(gt["nodes"][0]["contour"], float)]
             )
-            image = np.pad(
-                balance_glass(slide.read_thumbnail(model.config.mpp)),
-                ((glass_px, glass_px), (glass_px, glass_px), (0, 0)),
-                constant_values=255,
-            )
-            mask = clean_mask(predict_logits(model, image) > 0)[glass_px:-glass_px, glass_px:-glass_px]
-            n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-            hits = [((labels == k) & truth).sum() / ((labels == k) | truth).sum() > 0.5 for k in range(1, n)]
-            assert len(hits) == sum(hits), (name, seed)  # nothing but the node
-            found[name] += sum(hits)
+            image = balance_glass(slide.read_thumbnail(model.config.mpp))
+            hits, other, _, _ = score_in_glass(model, image, truth, glass_px=128)
+            assert other == 0, (name, seed)  # nothing but the node
+            found[name] += hits
     assert found["detector-cpu-scanned-v6"] >= 4 and found["detector-cpu-scanned-v2"] == 0, found

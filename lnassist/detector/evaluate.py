@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from torch import nn
 
 from lnassist.detector import DetectorError
 from lnassist.detector.data import SlideSample, load_samples
-from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, detect_image
-from lnassist.detector.postprocess import MIN_COMPONENT_PX, outlined_mask
+from lnassist.detector.infer import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, detect_image, predict_logits
+from lnassist.detector.postprocess import MIN_COMPONENT_PX, clean_mask, outlined_mask
 from lnassist.slide import DETECTOR_MPP
 
 
@@ -49,6 +50,27 @@ def pixel_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 
 SCORED_MASKS = ("mask", "postprocessed", "outlined")
+
+
+NODE_MATCH_IOU = 0.5
+"""A predicted component is a found node when its IoU with the true mask exceeds this."""
+
+
+def score_in_glass(
+    model: nn.Module, image: np.ndarray, truth: np.ndarray, glass_px: int
+) -> tuple[int, int, int, int]:
+    """(nodes found, other components, intersection px, union px) of the cleaned mask of ``image``
+    (1.25x, glass balanced) read with ``glass_px`` of white around it, against the boolean ``truth`` of
+    one node: how a small LN embedded on its own, with glass all round, is seen."""
+    padded = np.pad(image, ((glass_px, glass_px), (glass_px, glass_px), (0, 0)), constant_values=255)
+    height, width = truth.shape
+    cleaned = clean_mask(predict_logits(model, padded) > 0)[
+        glass_px : glass_px + height, glass_px : glass_px + width
+    ]
+    n, labels = cv2.connectedComponents(cleaned.astype(np.uint8), connectivity=8)
+    found = sum(iou(labels == k, truth) > NODE_MATCH_IOU for k in range(1, n))
+    inter, union = intersection_union(cleaned, truth)
+    return found, n - 1 - found, inter, union
 
 
 def score_slide(
